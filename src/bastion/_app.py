@@ -1,0 +1,243 @@
+"""``Bastion(app)``: the whole pipeline, the lifespan and the ops endpoints in one line."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from importlib.metadata import version
+from typing import Any
+
+from bastion._asgi import send_json
+from bastion._clock import SYSTEM_CLOCK, Clock
+from bastion._lifespan import LifespanMiddleware
+from bastion._ops import OpsMiddleware, OpsRoutes
+from bastion._routes import AppRouteResolver
+from bastion._urls import redact_url
+from bastion.context import RequestContextMiddleware
+from bastion.events import Hooks
+from bastion.exceptions import LifespanError, StoreError
+from bastion.problem import ErrorBoundaryMiddleware
+from bastion.settings import Settings, load_settings
+from bastion.stores import Store, store_from_url
+from bastion.types import ASGIApp, Receive, Scope, Send
+
+__all__ = ["Bastion"]
+
+logger = logging.getLogger("bastion")
+
+_NO_STORE = [(b"cache-control", b"no-store")]
+
+
+@dataclass(frozen=True, slots=True)
+class _Resource:
+    name: str
+    open: Callable[[], Awaitable[None]] | None
+    close: Callable[[], Awaitable[None]] | None
+
+
+class Bastion:
+    """Makes an ASGI app production-grade: installs bastion's pipeline, lifespan and ops routes.
+
+    With a Starlette or FastAPI app, the layers are added with ``app.add_middleware`` and the app
+    itself is what you serve::
+
+        app = FastAPI()
+        bastion = Bastion(app)          # uvicorn main:app
+
+    Any other ASGI app (Litestar, a bare callable) cannot be modified in place: serve the
+    ``Bastion`` object instead, which is an ASGI app wrapping yours::
+
+        app = Bastion(litestar_app)     # uvicorn main:app
+
+    Layers run outermost first (DESIGN §4): lifespan, request context, error boundary, ops
+    endpoints, then your app. Middleware you add *before* calling ``Bastion(app)`` runs inside
+    bastion's layers (it sees request ids, its errors become problems); middleware added after
+    runs outside them.
+
+    Args:
+        app: the ASGI application.
+        settings: bastion's settings; read from the environment and ``.env`` when omitted.
+        hooks: the event registry features publish to (a new one when omitted).
+        clock: time source for every time-based component (tests pass a ``ManualClock``).
+
+    Raises:
+        ConfigurationError: the settings are invalid (the message names the variables).
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        settings: Settings | None = None,
+        *,
+        hooks: Hooks | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        self.app = app
+        self.settings = settings if settings is not None else load_settings()
+        self.hooks = hooks if hooks is not None else Hooks()
+        self.clock = clock
+        self.routes = AppRouteResolver(app)
+        self.ops = OpsRoutes()
+        self.store: Store = self._build_store()
+        self._resources: list[_Resource] = [
+            _Resource("store", self._open_store, self.store.aclose),
+        ]
+        self._opened: list[_Resource] = []
+        self._add_ops_endpoints()
+        self._asgi = self._install(app)
+
+    # -- public API -------------------------------------------------------------------------
+
+    def add_resource(
+        self,
+        name: str,
+        *,
+        open: Callable[[], Awaitable[None]] | None = None,  # noqa: A002 - mirrors close
+        close: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        """Open ``open`` at startup (after resources added before it) and ``close`` at shutdown
+        (in reverse order). A failure to open stops the startup with ``name`` in the message."""
+        self._resources.append(_Resource(name, open, close))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve the wrapped app through bastion's pipeline (for non-Starlette apps)."""
+        await self._asgi(scope, receive, send)
+
+    async def startup(self, scope: Scope | None = None) -> None:
+        """Open every resource in order. Called by the lifespan; call it yourself without one.
+
+        Raises:
+            LifespanError: a resource failed to open; the ones already open are closed again.
+        """
+        self.routes.refresh()
+        if scope is not None:
+            scope.setdefault("state", {})["bastion"] = self
+        for resource in self._resources:
+            if resource.open is not None:
+                try:
+                    await resource.open()
+                except LifespanError:
+                    await self.shutdown()
+                    raise
+                except Exception as exc:  # any failure to open is reported by resource name
+                    await self.shutdown()
+                    raise LifespanError(f"could not open {resource.name}: {exc}") from exc
+            self._opened.append(resource)
+
+    async def shutdown(self) -> None:
+        """Close the opened resources in reverse order; every one is tried even if one fails.
+
+        Raises:
+            LifespanError: naming each resource that failed to close.
+        """
+        failures = []
+        while self._opened:
+            resource = self._opened.pop()
+            if resource.close is None:
+                continue
+            try:
+                await resource.close()
+            except Exception as exc:  # keep closing the rest; report all at the end
+                logger.exception("closing %s failed", resource.name)
+                failures.append(f"{resource.name}: {exc}")
+        if failures:
+            raise LifespanError("could not close " + "; ".join(failures))
+
+    # -- construction -----------------------------------------------------------------------
+
+    def _build_store(self) -> Store:
+        stores = self.settings.stores
+        return store_from_url(
+            self.settings.redis_url,
+            prefix=stores.key_prefix,
+            max_entries=stores.memory_max_entries,
+            max_bytes=stores.memory_max_bytes,
+            socket_timeout_s=stores.redis_socket_timeout_s,
+            connect_timeout_s=stores.redis_connect_timeout_s,
+            max_connections=stores.redis_max_connections,
+            failure_threshold=stores.gate_failure_threshold,
+            base_delay_s=stores.gate_base_delay_s,
+            max_delay_s=stores.gate_max_delay_s,
+            hooks=self.hooks,
+            clock=self.clock,
+        )
+
+    async def _open_store(self) -> None:
+        try:
+            await self.store.ping()
+        except StoreError as exc:
+            where = redact_url(self.settings.redis_url or "memory")
+            if self.settings.stores.required_at_startup:
+                raise LifespanError(
+                    f"store {where} did not answer ({exc}); it is required at startup "
+                    "(BASTION_STORES__REQUIRED_AT_STARTUP=true)"
+                ) from exc
+            logger.warning(
+                "store %s did not answer at startup (%s); starting degraded, "
+                "features apply their outage policy until it answers",
+                where,
+                exc,
+            )
+
+    def _add_ops_endpoints(self) -> None:
+        settings = self.settings
+
+        async def index(scope: Scope, receive: Receive, send: Send) -> None:
+            await send_json(
+                send,
+                {
+                    "service": settings.service_name,
+                    "bastion": version("bastion"),
+                    "endpoints": [settings.ops.prefix + path for path in self.ops.paths()],
+                },
+                headers=_NO_STORE,
+            )
+
+        async def live(scope: Scope, receive: Receive, send: Send) -> None:
+            # Liveness answers from the process alone: an outage elsewhere must never make an
+            # orchestrator restart healthy workers.
+            await send_json(send, {"status": "UP"}, headers=_NO_STORE)
+
+        self.ops.add("/", index)
+        self.ops.add("/health/live", live)
+
+    def _layers(self) -> list[tuple[type[Any], dict[str, Any]]]:
+        """The pipeline, outermost first, as (middleware class, options)."""
+        settings = self.settings
+        layers: list[tuple[type[Any], dict[str, Any]]] = [
+            (LifespanMiddleware, {"startup": self.startup, "shutdown": self.shutdown}),
+            (
+                RequestContextMiddleware,
+                {
+                    "request_id_header": settings.context.request_id_header,
+                    "trust_incoming_request_id": settings.context.trust_incoming_request_id,
+                    "trusted_proxies": settings.context.trusted_proxies,
+                    "forwarded_header": settings.context.forwarded_header,
+                    "route_resolver": self.routes,
+                    "clock": self.clock,
+                },
+            ),
+            (ErrorBoundaryMiddleware, {"hooks": self.hooks}),
+        ]
+        if settings.ops.enabled:
+            layers.append((OpsMiddleware, {"prefix": settings.ops.prefix, "routes": self.ops}))
+        return layers
+
+    def _install(self, app: ASGIApp) -> ASGIApp:
+        layers = self._layers()
+        add_middleware = getattr(app, "add_middleware", None)
+        if add_middleware is not None and hasattr(app, "exception_handlers"):
+            from bastion.integrations.starlette import install_problem_handlers
+
+            install_problem_handlers(app)
+            # add_middleware puts each new layer outside the previous ones: add innermost first.
+            for cls, options in reversed(layers):
+                add_middleware(cls, **options)
+            if hasattr(app, "state"):
+                app.state.bastion = self
+            return app
+        wrapped = app
+        for cls, options in reversed(layers):
+            wrapped = cls(wrapped, **options)
+        return wrapped

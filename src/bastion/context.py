@@ -1,0 +1,338 @@
+"""One ``RequestContext`` per request, filled once, early, and read by every feature.
+
+The context carries what rate limits, idempotency, cache privacy, logs and metrics all need to
+agree on: the request id, the W3C trace id, the route template, the client address and, once
+authentication has run, the principal. It is reachable two ways:
+
+- from the ASGI scope: ``scope["bastion.context"]`` (what middleware uses; no ContextVar lookup);
+- from anywhere in the request's task: ``current_context()`` (handlers, logging filters,
+  outbound HTTP calls).
+
+FastAPI example::
+
+    from bastion.context import current_context
+
+    @app.get("/whoami")
+    async def whoami() -> dict[str, str | None]:
+        context = current_context()
+        return {"request_id": context.request_id, "client": context.client}
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Iterable
+from contextvars import ContextVar
+from typing import Any
+
+from bastion._asgi import scope_path
+from bastion._clock import SYSTEM_CLOCK, Clock
+from bastion._routes import RouteResolver
+from bastion.exceptions import ConfigurationError
+from bastion.types import ASGIApp, Message, Receive, Scope, Send
+
+__all__ = [
+    "RequestContext",
+    "RequestContextMiddleware",
+    "SCOPE_KEY",
+    "current_context",
+    "get_context",
+    "parse_traceparent",
+]
+
+SCOPE_KEY = "bastion.context"
+"""Key of the ``RequestContext`` in the ASGI scope."""
+
+_current: ContextVar[RequestContext | None] = ContextVar("bastion_request_context", default=None)
+
+# Request ids end up in logs and response headers: accept only a conservative alphabet, bounded in
+# length, so a client cannot inject log lines or headers (CWE-117/CWE-113) through its id.
+_VALID_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:+/=@-]{1,128}").fullmatch
+_TRACEPARENT = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
+_ZERO_TRACE = "0" * 32
+_ZERO_SPAN = "0" * 16
+
+
+class RequestContext:
+    """What bastion knows about the request being served.
+
+    Attributes:
+        request_id: the incoming ``X-Request-ID`` if valid, else a fresh 32-hex-digit id.
+        trace_id: W3C trace id: from a valid incoming ``traceparent``, else equal to a generated
+            request id (so a trace and its request share one id when nothing came in).
+        parent_span_id: the caller's span id from ``traceparent``, or ``None``.
+        trace_flags: the W3C trace flags byte (``0x01`` sampled).
+        method: HTTP method (``"WS"`` for WebSocket connections).
+        path: the raw path, never used as a metric label.
+        route: the route template the app will route to, or ``None`` when none matches.
+        client: the client's IP address (the socket peer unless a trusted proxy forwarded it).
+        principal: who is calling, set by authentication (API key id, user), else ``None``.
+        priority: scheduling priority for load shedding (higher runs first).
+        deadline: monotonic time by which the response is due, or ``None``.
+        started: monotonic time the request entered bastion.
+    """
+
+    __slots__ = (
+        "_span_id",
+        "client",
+        "deadline",
+        "method",
+        "parent_span_id",
+        "path",
+        "principal",
+        "priority",
+        "request_id",
+        "route",
+        "started",
+        "trace_flags",
+        "trace_id",
+    )
+
+    def __init__(
+        self,
+        *,
+        request_id: str,
+        trace_id: str,
+        method: str,
+        path: str,
+        route: str | None = None,
+        client: str | None = None,
+        parent_span_id: str | None = None,
+        trace_flags: int = 1,
+        principal: str | None = None,
+        priority: int = 0,
+        deadline: float | None = None,
+        started: float = 0.0,
+    ) -> None:
+        self.request_id = request_id
+        self.trace_id = trace_id
+        self.parent_span_id = parent_span_id
+        self.trace_flags = trace_flags
+        self.method = method
+        self.path = path
+        self.route = route
+        self.client = client
+        self.principal = principal
+        self.priority = priority
+        self.deadline = deadline
+        self.started = started
+        self._span_id: str | None = None
+
+    @property
+    def span_id(self) -> str:
+        """This server's span id for the request (16 hex digits), made on first use."""
+        if self._span_id is None:
+            self._span_id = os.urandom(8).hex()
+        return self._span_id
+
+    @property
+    def traceparent(self) -> str:
+        """The W3C ``traceparent`` value to send on outbound calls made for this request."""
+        return f"00-{self.trace_id}-{self.span_id}-{self.trace_flags:02x}"
+
+    def __repr__(self) -> str:
+        return (
+            f"RequestContext(request_id={self.request_id!r}, trace_id={self.trace_id!r}, "
+            f"method={self.method!r}, route={self.route!r}, client={self.client!r}, "
+            f"principal={self.principal!r})"
+        )
+
+
+def current_context() -> RequestContext:
+    """The context of the request being served by the current task.
+
+    Raises:
+        LookupError: called outside a request (no ``RequestContextMiddleware`` above).
+    """
+    context = _current.get()
+    if context is None:
+        raise LookupError("no request context: is bastion's RequestContextMiddleware installed?")
+    return context
+
+
+def get_context(scope: Scope) -> RequestContext | None:
+    """The context stored in ``scope``, or ``None`` before ``RequestContextMiddleware`` ran."""
+    context: RequestContext | None = scope.get(SCOPE_KEY)
+    return context
+
+
+def parse_traceparent(value: bytes) -> tuple[str, str, int] | None:
+    """Parse a W3C ``traceparent`` strictly: ``(trace_id, parent_span_id, flags)`` or ``None``.
+
+    Invalid input restarts the trace, as the spec requires: unknown characters, upper-case hex,
+    version ``ff``, all-zero ids, or a version-00 header with trailing data.
+    """
+    found = _TRACEPARENT.fullmatch(value)
+    if found is None:
+        return None
+    version, trace_id, span_id, flags, rest = found.groups()
+    if version == b"ff" or (version == b"00" and rest is not None):
+        return None
+    trace, span = trace_id.decode(), span_id.decode()
+    if trace == _ZERO_TRACE or span == _ZERO_SPAN:
+        return None
+    return trace, span, int(flags, 16)
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _parse_networks(values: Iterable[str | Network]) -> tuple[Network, ...]:
+    networks = []
+    for value in values:
+        try:
+            networks.append(ipaddress.ip_network(value, strict=False))
+        except ValueError as exc:
+            raise ConfigurationError(
+                f"trusted proxy {value!r} is not an IP address or CIDR network"
+            ) from exc
+    return tuple(networks)
+
+
+class RequestContextMiddleware:
+    """Fills the ``RequestContext`` of every HTTP and WebSocket request, and echoes the id.
+
+    Args:
+        app: the ASGI app to wrap.
+        request_id_header: header read for an incoming id and set on every response.
+        trust_incoming_request_id: honour a valid incoming id (else always generate one).
+        trusted_proxies: addresses or CIDR networks of proxies whose ``forwarded_header`` is
+            believed. **Security:** empty by default, so ``X-Forwarded-For`` is ignored and the
+            client is the socket peer; a client can never choose its own address.
+        forwarded_header: the header a trusted proxy appends the client address to.
+        route_resolver: finds the route template (``AppRouteResolver(app)`` for a Starlette or
+            FastAPI app); without one, ``route`` stays ``None``.
+        clock: time source for ``started``.
+    """
+
+    __slots__ = (
+        "_forwarded",
+        "_header",
+        "_header_out",
+        "_resolver",
+        "_trust_id",
+        "_trusted",
+        "app",
+        "clock",
+    )
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        /,
+        *,
+        request_id_header: str = "X-Request-ID",
+        trust_incoming_request_id: bool = True,
+        trusted_proxies: Iterable[str | Network] = (),
+        forwarded_header: str = "X-Forwarded-For",
+        route_resolver: RouteResolver | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        self.app = app
+        self.clock = clock
+        self._header = request_id_header.lower().encode("latin-1")
+        self._header_out = request_id_header.encode("latin-1")
+        self._trust_id = trust_incoming_request_id
+        self._trusted = _parse_networks(trusted_proxies)
+        self._forwarded = forwarded_header.lower().encode("latin-1")
+        self._resolver = route_resolver
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Build the context, publish it to the scope and a ContextVar, echo the request id."""
+        scope_type = scope["type"]
+        if scope_type != "http" and scope_type != "websocket":
+            await self.app(scope, receive, send)
+            return
+
+        context = self._build(scope)
+        scope[SCOPE_KEY] = context
+        token = _current.set(context)
+        header = (self._header_out, context.request_id.encode("latin-1"))
+        header_name = self._header
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = message.setdefault("headers", [])
+                if not any(key.lower() == header_name for key, _ in headers):
+                    # Headers may be a tuple or a list owned by the framework; never mutate it.
+                    message["headers"] = [*headers, header]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            _current.reset(token)
+
+    def _build(self, scope: Scope) -> RequestContext:
+        headers = scope["headers"]
+        request_id = None
+        traceparent = None
+        forwarded = None
+        header_name, forwarded_name = self._header, self._forwarded
+        for key, value in headers:
+            if key == header_name:
+                request_id = value
+            elif key == b"traceparent":
+                traceparent = value
+            elif key == forwarded_name:
+                forwarded = value if forwarded is None else forwarded + b"," + value
+
+        if request_id is not None and self._trust_id and _VALID_REQUEST_ID(request_id):
+            rid = request_id.decode("latin-1")
+            generated = None
+        else:
+            rid = generated = os.urandom(16).hex()
+
+        parent = parse_traceparent(traceparent) if traceparent is not None else None
+        if parent is not None:
+            trace_id, parent_span_id, flags = parent
+        else:
+            trace_id = generated if generated is not None else os.urandom(16).hex()
+            parent_span_id, flags = None, 1
+
+        method = scope.get("method", "WS")
+        path: str = scope["path"]
+        resolver = self._resolver
+        route = resolver.resolve(method, scope_path(scope)) if resolver is not None else None
+
+        return RequestContext(
+            request_id=rid,
+            trace_id=trace_id,
+            parent_span_id=parent_span_id,
+            trace_flags=flags,
+            method=method,
+            path=path,
+            route=route,
+            client=self._client(scope, forwarded),
+            started=self.clock.monotonic(),
+        )
+
+    def _client(self, scope: Scope, forwarded: bytes | None) -> str | None:
+        peer: Any = scope.get("client")
+        host: str | None = peer[0] if peer else None
+        if host is None or not self._trusted or forwarded is None:
+            return host
+        if not self._is_trusted(host):
+            return host
+        # Walk the chain from the nearest hop back; the first address not of a trusted proxy is
+        # the client. Everything left of it was written by the client and means nothing.
+        for raw in reversed(forwarded.split(b",")):
+            candidate = raw.strip().decode("latin-1")
+            if not candidate:
+                continue
+            if not self._is_trusted(candidate):
+                try:
+                    return str(ipaddress.ip_address(candidate))
+                except ValueError:
+                    return host  # a malformed hop: trust nothing beyond the peer
+            host = candidate
+        return host
+
+    def _is_trusted(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in self._trusted)

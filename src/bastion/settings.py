@@ -1,0 +1,260 @@
+"""Every knob bastion has, read from the environment (prefix ``BASTION_``) and ``.env``.
+
+One section per capability; nested fields use ``__``::
+
+    BASTION_REDIS_URL=redis://localhost:6379/0          # shared state moves to Redis
+    BASTION_CONTEXT__TRUSTED_PROXIES=10.0.0.0/8,127.0.0.1
+    BASTION_STORES__MEMORY_MAX_BYTES=134217728
+    BASTION_OPS__PREFIX=/_ops
+
+``load_settings()`` is what ``Bastion`` and the CLI call: it turns validation errors into one
+``ConfigurationError`` whose lines name the environment variable, the rejected value and what is
+accepted, and it rejects unknown ``BASTION_*`` variables (a typo must not silently fall back to a
+default). Secrets are ``SecretStr``, and credentials inside URLs are masked in ``repr`` and in
+``masked()``, so printing settings never leaks them.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from bastion._urls import redact_url
+from bastion.exceptions import ConfigurationError
+
+__all__ = [
+    "ContextSettings",
+    "OpsSettings",
+    "Settings",
+    "StoreSettings",
+    "env_name",
+    "load_settings",
+]
+
+ENV_PREFIX = "BASTION_"
+# Variables with our prefix that are not settings: the test suite's own switches.
+_NOT_SETTINGS = ("BASTION_TEST_", "BASTION_REQUIRE_SERVICES")
+
+_REDIS_SCHEMES = ("redis", "rediss", "unix")
+_DATABASE_SCHEMES = (
+    "sqlite",
+    "sqlite+aiosqlite",
+    "postgresql",
+    "postgresql+asyncpg",
+    "postgresql+psycopg",
+)
+
+
+class _Section(BaseModel):
+    model_config = {"extra": "forbid", "frozen": True}
+
+
+class ContextSettings(_Section):
+    """Request context: ids, trace context, client address (``BASTION_CONTEXT__*``)."""
+
+    request_id_header: str = "X-Request-ID"
+    """Header read for an incoming request id and echoed on every response."""
+    trust_incoming_request_id: bool = True
+    """Honour a valid incoming request id; if false, every request gets a fresh one."""
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Proxy addresses or CIDR networks whose ``forwarded_header`` is believed, comma-separated.
+    Security: empty by default, so ``X-Forwarded-For`` is ignored and nobody can spoof an IP."""
+    forwarded_header: str = "X-Forwarded-For"
+    """Header in which trusted proxies pass the client address along."""
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"{item!r} is not an IP address or CIDR network (e.g. 10.0.0.0/8)"
+                ) from None
+        return value
+
+
+class StoreSettings(_Section):
+    """Shared-state stores (``BASTION_STORES__*``)."""
+
+    key_prefix: str = "bastion"
+    """Prefix of every Redis key bastion writes, so several apps can share one Redis."""
+    memory_max_entries: int = Field(10_000, gt=0)
+    """Most entries the in-process store holds before evicting the least recently used."""
+    memory_max_bytes: int = Field(64 * 1024 * 1024, gt=0)
+    """Most bytes (keys and values) the in-process store holds before evicting."""
+    redis_socket_timeout_s: float = Field(0.5, gt=0)
+    """Seconds a Redis command may take before it counts as a failure."""
+    redis_connect_timeout_s: float = Field(0.5, gt=0)
+    """Seconds to establish a Redis connection before it counts as a failure."""
+    redis_max_connections: int = Field(64, gt=0)
+    """Connections per worker process in the Redis pool."""
+    gate_failure_threshold: int = Field(3, gt=0)
+    """Consecutive failures after which the store is treated as down (fail fast, no timeout)."""
+    gate_base_delay_s: float = Field(0.5, gt=0)
+    """First interval the store is treated as down; it doubles while probes keep failing."""
+    gate_max_delay_s: float = Field(30.0, gt=0)
+    """Longest interval between probes of a store that is down."""
+    required_at_startup: bool = False
+    """Refuse to start when the configured store does not answer. By default the app starts
+    degraded and each feature applies its outage policy until the store comes back."""
+
+
+class OpsSettings(_Section):
+    """Operations endpoints: health, metrics, dashboard (``BASTION_OPS__*``)."""
+
+    enabled: bool = True
+    """Serve the ops endpoints."""
+    prefix: str = "/_bastion"
+    """Path under which the ops endpoints are mounted."""
+    admin_key: SecretStr | None = None
+    """Key that unlocks details and actions (``Authorization: Bearer <key>``). Never logged."""
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if not value.startswith("/") or (value != "/" and value.endswith("/")) or value == "/":
+            raise ValueError("must start with '/', not end with '/', and not be '/' (e.g. /_ops)")
+        return value
+
+
+class Settings(BaseSettings):
+    """All of bastion's settings. Build with ``load_settings()`` to get readable errors."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        frozen=True,
+    )
+
+    redis_url: str | None = None
+    """``redis://``, ``rediss://`` or ``unix://`` URL; when set, shared state lives in Redis
+    (cluster scope); when unset, in process memory (process scope)."""
+    database_url: str | None = None
+    """SQLAlchemy URL of the application database (``sqlite+aiosqlite:///app.db``,
+    ``postgresql+asyncpg://...``); checked by ``bastion doctor`` and used by the demo."""
+    service_name: str = "bastion"
+    """Name of the service in logs, metrics and traces."""
+    environment: Literal["development", "test", "production"] = "production"
+    """Deployment environment; ``development`` relaxes nothing security-relevant."""
+    context: ContextSettings = Field(default_factory=ContextSettings)
+    stores: StoreSettings = Field(default_factory=StoreSettings)
+    ops: OpsSettings = Field(default_factory=OpsSettings)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in _REDIS_SCHEMES:
+            raise ValueError(
+                "must be a redis://host:port/db, rediss://host:port/db or unix:///path URL"
+            )
+        if parts.scheme != "unix" and not parts.hostname:
+            raise ValueError("has no host (expected redis://host:port/db)")
+        try:
+            _ = parts.port
+        except ValueError:
+            raise ValueError("has an invalid port") from None
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        scheme = urlsplit(value).scheme
+        if scheme not in _DATABASE_SCHEMES:
+            raise ValueError(f"scheme {scheme!r} is not one of {', '.join(_DATABASE_SCHEMES)}")
+        return value
+
+    def __repr_args__(self) -> Any:
+        for name, value in super().__repr_args__():
+            if name in ("redis_url", "database_url") and isinstance(value, str):
+                yield name, redact_url(value)
+            else:
+                yield name, value
+
+    def masked(self) -> dict[str, Any]:
+        """The settings as plain data, with secrets and URL credentials masked, for printing."""
+        data = self.model_dump(mode="json")  # SecretStr dumps as "**********"
+        for name in ("redis_url", "database_url"):
+            if data.get(name):
+                data[name] = redact_url(data[name])
+        return data
+
+
+def env_name(location: tuple[int | str, ...]) -> str:
+    """The environment variable that sets the field at ``location`` (a pydantic error ``loc``)."""
+    return ENV_PREFIX + "__".join(str(part) for part in location).upper()
+
+
+def _describe(error: Mapping[str, Any]) -> str:
+    variable = env_name(tuple(error["loc"]))
+    message = str(error["msg"]).removeprefix("Value error, ")
+    value = error.get("input")
+    if isinstance(value, str):
+        shown = redact_url(value) if "://" in value else value
+        return f"{variable}={shown!r}: {message}"
+    return f"{variable}: {message}"
+
+
+def _unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    known = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
+    nested = {
+        f"{ENV_PREFIX}{section.upper()}__{field.upper()}"
+        for section, info in Settings.model_fields.items()
+        if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel)
+        for field in info.annotation.model_fields
+    }
+    problems = []
+    for variable in sorted(environ):
+        if not variable.startswith(ENV_PREFIX) or variable.startswith(_NOT_SETTINGS):
+            continue
+        if variable in known or variable in nested:
+            continue
+        hint = difflib.get_close_matches(variable, sorted(known | nested), n=1)
+        suffix = f" (did you mean {hint[0]}?)" if hint else ""
+        problems.append(f"{variable}: not a bastion setting{suffix}")
+    return problems
+
+
+def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Read settings from the environment and ``.env``, failing with a readable error.
+
+    Args:
+        environ: variables to check for unknown ``BASTION_*`` names (default ``os.environ``).
+        overrides: field values that take precedence over the environment.
+
+    Raises:
+        ConfigurationError: one line per invalid or unknown variable.
+    """
+    problems = _unknown_variables(os.environ if environ is None else environ)
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        problems.extend(_describe(error) for error in exc.errors())
+        settings = None
+    if problems or settings is None:
+        raise ConfigurationError("invalid bastion settings:\n  " + "\n  ".join(problems))
+    return settings
