@@ -300,3 +300,24 @@ async def test_memory_store_is_the_embedded_default() -> None:
     """Without BASTION_REDIS_URL, shared state lives in process memory."""
     _, bastion = fastapi_app()
     assert isinstance(bastion.store, MemoryStore)
+
+
+async def test_structured_http_exception_details_are_kept() -> None:
+    """A dict detail is returned under `details`; a bodiless status stays bodiless."""
+    app = FastAPI()
+    Bastion(app, settings())
+
+    @app.get("/conflict")
+    async def conflict() -> None:
+        raise HTTPException(409, detail={"field": "name", "reason": "taken"})
+
+    @app.get("/not-modified")
+    async def not_modified() -> None:
+        raise HTTPException(304)
+
+    async with client_for(app) as client:
+        conflicted = await client.get("/conflict")
+        unchanged = await client.get("/not-modified")
+    assert {"field": "name", "reason": "taken"} == conflicted.json()["details"]
+    assert "Conflict" == conflicted.json()["title"]
+    assert (304, b"") == (unchanged.status_code, unchanged.content)
