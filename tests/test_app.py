@@ -321,3 +321,60 @@ async def test_structured_http_exception_details_are_kept() -> None:
     assert {"field": "name", "reason": "taken"} == conflicted.json()["details"]
     assert "Conflict" == conflicted.json()["title"]
     assert (304, b"") == (unchanged.status_code, unchanged.content)
+
+
+@pytest.mark.redis
+async def test_redis_url_moves_the_store_to_redis(redis_url: str) -> None:
+    """With BASTION_REDIS_URL set, the store is Redis and is opened and closed by the lifespan."""
+    from bastion.stores import RedisStore
+
+    app = FastAPI()
+    bastion = Bastion(app, settings(redis_url=redis_url, stores={"key_prefix": "bastion-app-test"}))
+    assert isinstance(bastion.store, RedisStore)
+    async with lifespan(app):
+        await bastion.store.set("shared", b"yes", ttl_s=5)
+        assert b"yes" == await bastion.store.get("shared")
+        await bastion.store.delete("shared")
+
+
+def closed_port_url() -> str:
+    """A Redis URL on a port where nothing listens."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"redis://:hunter2@127.0.0.1:{port}/0"
+
+
+async def test_unreachable_required_store_fails_startup_without_the_password() -> None:
+    """A required store that does not answer stops the startup, naming it, password masked."""
+    app = FastAPI()
+    Bastion(app, settings(redis_url=closed_port_url(), stores={"required_at_startup": True}))
+    with pytest.raises(LifespanError) as caught:
+        async with lifespan(app):
+            pass
+    message = str(caught.value)
+    assert "did not answer" in message
+    assert "BASTION_STORES__REQUIRED_AT_STARTUP" in message
+    assert "hunter2" not in message
+    assert ":****@127.0.0.1" in message
+
+
+async def test_unreachable_optional_store_starts_degraded(caplog: pytest.LogCaptureFixture) -> None:
+    """By default the app starts without its store, says so, and keeps serving."""
+    import logging
+
+    app = FastAPI()
+    Bastion(app, settings(redis_url=closed_port_url()))
+
+    @app.get("/ok")
+    async def ok() -> dict[str, bool]:
+        return {"ok": True}
+
+    with caplog.at_level(logging.WARNING, "bastion"):
+        async with client_for(app) as client:
+            response = await client.get("/ok")
+    assert {"ok": True} == response.json()
+    assert "starting degraded" in caplog.text
+    assert "hunter2" not in caplog.text
