@@ -89,6 +89,13 @@ def test_unknown_variables_are_rejected_with_a_suggestion(monkeypatch: pytest.Mo
         load_settings()
 
 
+def test_unknown_variables_in_dotenv_are_rejected_too(tmp_path: Path) -> None:
+    """A typo in .env is as loud as one in the environment."""
+    (tmp_path / ".env").write_text("BASTION_REDSI_URL=redis://cache:6379/0\n")
+    with pytest.raises(ConfigurationError, match="BASTION_REDSI_URL: not a bastion setting"):
+        load_settings()
+
+
 def test_test_switches_are_not_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     """BASTION_TEST_* and BASTION_REQUIRE_SERVICES belong to the test suite, not to settings."""
     monkeypatch.setenv("BASTION_REQUIRE_SERVICES", "1")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import difflib
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -239,6 +240,16 @@ def _unknown_variables(environ: Mapping[str, str]) -> list[str]:
     return problems
 
 
+def _dotenv_names() -> dict[str, str]:
+    """The variables the ``.env`` file defines, so a typo there is caught like one in the env."""
+    path = Path(str(Settings.model_config.get("env_file") or ".env"))
+    if not path.is_file():
+        return {}
+    from dotenv import dotenv_values
+
+    return {name: value or "" for name, value in dotenv_values(path).items()}
+
+
 def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
     """Read settings from the environment and ``.env``, failing with a readable error.
 
@@ -249,7 +260,9 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
     Raises:
         ConfigurationError: one line per invalid or unknown variable.
     """
-    problems = _unknown_variables(os.environ if environ is None else environ)
+    names = dict(os.environ if environ is None else environ)
+    names.update(_dotenv_names())
+    problems = _unknown_variables(names)
     try:
         settings = Settings(**overrides)
     except ValidationError as exc:
