@@ -1,0 +1,79 @@
+"""Fixtures for the demo service: an isolated environment, a temp database, a running app."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
+
+import httpx
+import pytest
+
+from bastion.demo.db import Database
+from bastion.demo.factory import create_app
+from bastion.settings import Settings
+from bastion.testing import lifespan
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+    from pathlib import Path
+
+    from fastapi import FastAPI
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No BASTION_* settings from the developer's shell or .env; run in a temp directory."""
+    for name in list(os.environ):
+        if name.startswith("BASTION_") and not name.startswith("BASTION_TEST_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+def database_url(tmp_path: Path) -> str:
+    """A SQLite file of the test's own, not created yet."""
+    return f"sqlite+aiosqlite:///{tmp_path / 'demo.sqlite3'}"
+
+
+@pytest.fixture(scope="session")
+def seeded_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite file created and seeded once per session, for tests to copy."""
+    path = tmp_path_factory.mktemp("seeded") / "demo.sqlite3"
+
+    async def create() -> None:
+        database = Database(f"sqlite+aiosqlite:///{path}")
+        try:
+            await database.open()
+        finally:
+            await database.close()  # the last connection to close checkpoints the WAL
+
+    # In a thread, so that its event loop never meets the one a test runs on.
+    with ThreadPoolExecutor(max_workers=1) as executor:
+        executor.submit(asyncio.run, create()).result()
+    return path
+
+
+@pytest.fixture
+def seeded_database_url(seeded_file: Path, tmp_path: Path) -> str:
+    """A copy of the seeded file, of the test's own: seeding 680 rows per test costs ~0.3 s."""
+    path = tmp_path / "seeded.sqlite3"
+    shutil.copyfile(seeded_file, path)
+    return f"sqlite+aiosqlite:///{path}"
+
+
+@pytest.fixture
+def demo_app(seeded_database_url: str) -> FastAPI:
+    """The demo app on a seeded database of the test's own, not started."""
+    return create_app(Settings(_env_file=None, database_url=seeded_database_url))
+
+
+@pytest.fixture
+async def client(demo_app: FastAPI, anyio_backend: str) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client talking to the started demo app in-process."""
+    async with lifespan(demo_app):
+        transport = httpx.ASGITransport(app=demo_app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            yield client
