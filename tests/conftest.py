@@ -105,6 +105,15 @@ def _log_tail(path: Path, lines: int = 15) -> str:
 
 
 @pytest.fixture
+def isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No BASTION_* settings from the developer's shell or .env; run in a temp directory."""
+    for name in list(os.environ):
+        if name.startswith("BASTION_") and not name.startswith("BASTION_TEST_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
 def anyio_backend() -> str:
     """Run ``@pytest.mark.anyio`` tests on asyncio, the loop bastion is deployed on."""
     return "asyncio"

@@ -11,14 +11,8 @@ from bastion.settings import Settings, load_settings
 
 
 @pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Each test starts with no BASTION_* variables and no .env in the working directory."""
-    import os
-
-    for name in list(os.environ):
-        if name.startswith("BASTION_") and not name.startswith("BASTION_TEST_"):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
+def clean_environment(isolated_env: None) -> None:
+    """Every test here runs without the developer's BASTION_* settings, in a temp directory."""
 
 
 def test_defaults_are_the_embedded_setup() -> None:

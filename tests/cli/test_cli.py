@@ -36,12 +36,8 @@ SECRET = "hunter2"
 
 
 @pytest.fixture(autouse=True)
-def isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No BASTION_* settings from the developer's shell or .env; run in a temp directory."""
-    for name in list(os.environ):
-        if name.startswith("BASTION_") and not name.startswith("BASTION_TEST_"):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
+def isolated_env(isolated_env: None) -> None:
+    """Every test here runs without the developer's BASTION_* settings, in a temp directory."""
 
 
 def free_port() -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
@@ -24,12 +23,8 @@ if TYPE_CHECKING:
 
 
 @pytest.fixture(autouse=True)
-def isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No BASTION_* settings from the developer's shell or .env; run in a temp directory."""
-    for name in list(os.environ):
-        if name.startswith("BASTION_") and not name.startswith("BASTION_TEST_"):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
+def isolated_env(isolated_env: None) -> None:
+    """Every test here runs without the developer's BASTION_* settings, in a temp directory."""
 
 
 @pytest.fixture
