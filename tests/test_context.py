@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 
 import pytest
-from tests.asgi import call, http_scope
 
 from bastion.context import (
     SCOPE_KEY,
@@ -17,6 +16,7 @@ from bastion.context import (
 )
 from bastion.exceptions import ConfigurationError
 from bastion.types import Receive, Scope, Send
+from tests.asgi import call, http_scope
 
 pytestmark = pytest.mark.anyio
 
