@@ -138,3 +138,17 @@ async def test_cancellation_is_not_swallowed() -> None:
     with anyio.move_on_after(0.01) as cancel_scope:
         await call(ErrorBoundaryMiddleware(slow_app), http_scope())
     assert cancel_scope.cancelled_caught
+
+
+async def test_started_response_is_detected_through_the_request_context() -> None:
+    """Under the context middleware, the boundary relies on context.status; it still never
+    sends a second response start."""
+
+    async def half_app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        raise RuntimeError("stream broke")
+
+    app = RequestContextMiddleware(ErrorBoundaryMiddleware(half_app))
+    response = await call(app, http_scope())
+    starts = [m for m in response.messages if m["type"] == "http.response.start"]
+    assert [200] == [m["status"] for m in starts]

@@ -72,6 +72,8 @@ class RequestContext:
         priority: scheduling priority for load shedding (higher runs first).
         deadline: monotonic time by which the response is due, or ``None``.
         started: monotonic time the request entered bastion.
+        status: the response status once ``http.response.start`` was sent, else ``None``; layers
+            read it instead of each wrapping ``send`` to find out (one wrapper per request).
     """
 
     __slots__ = (
@@ -86,6 +88,7 @@ class RequestContext:
         "request_id",
         "route",
         "started",
+        "status",
         "trace_flags",
         "trace_id",
     )
@@ -118,6 +121,7 @@ class RequestContext:
         self.priority = priority
         self.deadline = deadline
         self.started = started
+        self.status: int | None = None
         self._span_id: str | None = None
 
     @property
@@ -254,8 +258,14 @@ class RequestContextMiddleware:
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = message.setdefault("headers", [])
-                if not any(key.lower() == header_name for key, _ in headers):
+                # Recorded before sending: if the send fails, the start may be half on the wire.
+                context.status = message["status"]
+                headers = message.get("headers", ())
+                # ASGI response header names are lower-case, so a plain comparison suffices.
+                for key, _ in headers:
+                    if key == header_name:
+                        break
+                else:
                     # Headers may be a tuple or a list owned by the framework; never mutate it.
                     message["headers"] = [*headers, header]
             await send(message)

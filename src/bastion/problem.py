@@ -142,6 +142,15 @@ class ErrorBoundaryMiddleware:
             await self.app(scope, receive, send)
             return
 
+        context = get_context(scope)
+        if context is not None and scope_type == "http":
+            # The request context already watches the response start: no second send wrapper.
+            try:
+                await self.app(scope, receive, send)
+            except Exception as exc:  # the boundary: every error the app did not handle ends here
+                await self._handle(scope, send, exc, started=context.status is not None)
+            return
+
         started = False
 
         async def tracking_send(message: Message) -> None:
