@@ -201,3 +201,28 @@ async def test_lifespan_scopes_pass_through_untouched() -> None:
 
     await RequestContextMiddleware(app)({"type": "lifespan"}, None, None)  # type: ignore[arg-type]
     assert SCOPE_KEY not in seen[0]
+
+
+def test_generated_ids_are_unique_and_not_shared_with_a_forked_worker() -> None:
+    """Ids come from a pre-drawn random block; a forked child draws its own, never the parent's."""
+    import os
+
+    from bastion.context import new_id
+
+    new_id()  # make sure the parent holds a partly used block at fork time
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        os.write(write_end, "".join(new_id() for _ in range(8)).encode())
+        os._exit(0)
+    os.close(write_end)
+    child_ids = os.read(read_end, 8 * 32).decode()
+    os.close(read_end)
+    os.waitpid(pid, 0)
+    parent_ids = "".join(new_id() for _ in range(8))
+    assert {child_ids[i : i + 32] for i in range(0, 256, 32)}.isdisjoint(
+        {parent_ids[i : i + 32] for i in range(0, 256, 32)}
+    )
+    many = [new_id() for _ in range(10_000)]
+    assert len(many) == len(set(many))
+    assert all(HEX32.fullmatch(value) for value in many)

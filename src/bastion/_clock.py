@@ -27,17 +27,16 @@ class Clock(Protocol):
 
 
 class SystemClock:
-    """The real clocks of the process."""
+    """The real clocks of the process: ``time.monotonic`` and ``time.time`` themselves.
+
+    They are bound as static methods rather than wrapped, so reading the clock on a hot path
+    costs one C call, not a Python frame as well.
+    """
 
     __slots__ = ()
 
-    def monotonic(self) -> float:
-        """Return ``time.monotonic()``."""
-        return time.monotonic()
-
-    def time(self) -> float:
-        """Return ``time.time()``."""
-        return time.time()
+    monotonic = staticmethod(time.monotonic)
+    time = staticmethod(time.time)
 
 
 SYSTEM_CLOCK: Clock = SystemClock()
