@@ -378,3 +378,15 @@ async def test_unreachable_optional_store_starts_degraded(caplog: pytest.LogCapt
     assert {"ok": True} == response.json()
     assert "starting degraded" in caplog.text
     assert "hunter2" not in caplog.text
+
+
+async def test_ops_and_routes_under_a_root_path() -> None:
+    """Behind a proxy that strips a prefix (root_path), ops and route templates still match."""
+    app, _ = fastapi_app()
+    async with lifespan(app):
+        transport = httpx.ASGITransport(app=app, root_path="/api")
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            live = await client.get("/api/_bastion/health/live")
+            context = await client.get("/api/context")
+    assert 200 == live.status_code
+    assert "/context" == context.json()["route"]

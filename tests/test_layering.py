@@ -13,6 +13,7 @@ CORE = {
     "_clock",
     "_lifespan",
     "_ops",
+    "_pipeline",
     "_routes",
     "_urls",
     "context",

@@ -10,14 +10,13 @@ from typing import Any
 
 from bastion._asgi import send_json
 from bastion._clock import SYSTEM_CLOCK, Clock
-from bastion._lifespan import LifespanMiddleware
-from bastion._ops import OpsMiddleware, OpsRoutes
+from bastion._ops import OpsRoutes
+from bastion._pipeline import PipelineMiddleware
 from bastion._routes import AppRouteResolver
 from bastion._urls import redact_url
-from bastion.context import RequestContextMiddleware
+from bastion.context import ContextBuilder
 from bastion.events import Hooks
 from bastion.exceptions import LifespanError, StoreError
-from bastion.problem import ErrorBoundaryMiddleware
 from bastion.settings import Settings, load_settings
 from bastion.stores import Store, store_from_url
 from bastion.types import ASGIApp, Receive, Scope, Send
@@ -51,7 +50,8 @@ class Bastion:
         app = Bastion(litestar_app)     # uvicorn main:app
 
     Layers run outermost first (DESIGN §4): lifespan, request context, error boundary, ops
-    endpoints, then your app. Middleware you add *before* calling ``Bastion(app)`` runs inside
+    endpoints, then your app; they are fused into one ``PipelineMiddleware`` so a request pays
+    for one layer. Middleware you add *before* calling ``Bastion(app)`` runs inside
     bastion's layers (it sees request ids, its errors become problems); middleware added after
     runs outside them.
 
@@ -202,42 +202,35 @@ class Bastion:
         self.ops.add("/", index)
         self.ops.add("/health/live", live)
 
-    def _layers(self) -> list[tuple[type[Any], dict[str, Any]]]:
-        """The pipeline, outermost first, as (middleware class, options)."""
+    def _pipeline_options(self) -> dict[str, Any]:
+        """Options of the ``PipelineMiddleware`` that carries bastion's layers."""
         settings = self.settings
-        layers: list[tuple[type[Any], dict[str, Any]]] = [
-            (LifespanMiddleware, {"startup": self.startup, "shutdown": self.shutdown}),
-            (
-                RequestContextMiddleware,
-                {
-                    "request_id_header": settings.context.request_id_header,
-                    "trust_incoming_request_id": settings.context.trust_incoming_request_id,
-                    "trusted_proxies": settings.context.trusted_proxies,
-                    "forwarded_header": settings.context.forwarded_header,
-                    "route_resolver": self.routes,
-                    "clock": self.clock,
-                },
-            ),
-            (ErrorBoundaryMiddleware, {"hooks": self.hooks}),
-        ]
-        if settings.ops.enabled:
-            layers.append((OpsMiddleware, {"prefix": settings.ops.prefix, "routes": self.ops}))
-        return layers
+        context = ContextBuilder(
+            request_id_header=settings.context.request_id_header,
+            trust_incoming_request_id=settings.context.trust_incoming_request_id,
+            trusted_proxies=settings.context.trusted_proxies,
+            forwarded_header=settings.context.forwarded_header,
+            route_resolver=self.routes,
+            clock=self.clock,
+        )
+        return {
+            "startup": self.startup,
+            "shutdown": self.shutdown,
+            "context": context,
+            "hooks": self.hooks,
+            "ops_prefix": settings.ops.prefix if settings.ops.enabled else None,
+            "ops_routes": self.ops,
+        }
 
     def _install(self, app: ASGIApp) -> ASGIApp:
-        layers = self._layers()
+        options = self._pipeline_options()
         add_middleware = getattr(app, "add_middleware", None)
         if add_middleware is not None and hasattr(app, "exception_handlers"):
             from bastion.integrations.starlette import install_problem_handlers
 
             install_problem_handlers(app)
-            # add_middleware puts each new layer outside the previous ones: add innermost first.
-            for cls, options in reversed(layers):
-                add_middleware(cls, **options)
+            add_middleware(PipelineMiddleware, **options)
             if hasattr(app, "state"):
                 app.state.bastion = self
             return app
-        wrapped = app
-        for cls, options in reversed(layers):
-            wrapped = cls(wrapped, **options)
-        return wrapped
+        return PipelineMiddleware(app, **options)

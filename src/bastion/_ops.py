@@ -42,6 +42,19 @@ class OpsRoutes:
         """The handlers by method for ``path``, or ``None``."""
         return self._routes.get(path)
 
+    async def serve(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
+        """Answer a request for ``path`` (relative to the prefix): the endpoint, 404 or 405."""
+        handlers = self._routes.get(path or "/")
+        if handlers is None:
+            await send_problem(scope, send, 404, detail="No ops endpoint at this path.")
+            return
+        endpoint = handlers.get(scope["method"])
+        if endpoint is None:
+            allow = ", ".join(sorted(handlers)).encode()
+            await send_problem(scope, send, 405, headers=[(b"allow", allow)])
+            return
+        await endpoint(scope, receive, send)
+
 
 class OpsMiddleware:
     """Serves ``OpsRoutes`` under ``prefix``; everything else goes to the app.
@@ -65,17 +78,10 @@ class OpsMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        path = scope_path(scope)
+        path: str = scope["path"]
+        if scope.get("root_path"):
+            path = scope_path(scope)
         if path != self._prefix and not path.startswith(self._slash_prefix):
             await self.app(scope, receive, send)
             return
-        handlers = self.routes.lookup(path[len(self._prefix) :] or "/")
-        if handlers is None:
-            await send_problem(scope, send, 404, detail=f"No ops endpoint at {path}.")
-            return
-        endpoint = handlers.get(scope["method"])
-        if endpoint is None:
-            allow = ", ".join(sorted(handlers)).encode()
-            await send_problem(scope, send, 405, headers=[(b"allow", allow)])
-            return
-        await endpoint(scope, receive, send)
+        await self.routes.serve(scope, receive, send, path[len(self._prefix) :])

@@ -111,6 +111,9 @@ class StarletteRouteResolver:
     __slots__ = ("_entries", "_match", "_memo")
 
     def __init__(self, routes: Any) -> None:
+        self._load(routes)
+
+    def _load(self, routes: Any) -> None:
         self._entries = _flatten(routes, "", "")
         if self._entries:
             alternatives = "|".join(
@@ -154,26 +157,29 @@ class StarletteRouteResolver:
         return entry.template
 
 
-class AppRouteResolver:
+class AppRouteResolver(StarletteRouteResolver):
     """Resolves against an app's current route table, read on first use or on ``refresh()``.
 
     Routes are usually added after ``Bastion(app)`` (decorators run later in the module), so the
     table is read lazily; the lifespan calls ``refresh()`` at startup. An app whose routes bastion
-    cannot read (not Starlette-shaped) resolves every request to ``None``.
+    cannot read (not Starlette-shaped) resolves every request to ``None``. It is a
+    ``StarletteRouteResolver`` whose table can be reloaded, so a lookup costs no extra call.
     """
 
-    __slots__ = ("_app", "_resolver")
+    __slots__ = ("_app", "_loaded")
 
     def __init__(self, app: Any) -> None:
         self._app = app
-        self._resolver: StarletteRouteResolver | None = None
+        self._loaded = False
+        super().__init__(())
 
-    def refresh(self) -> StarletteRouteResolver:
-        """Re-read the app's routes; return the new resolver."""
+    def refresh(self) -> None:
+        """Re-read the app's routes."""
         routes = getattr(self._app, "routes", None)
-        self._resolver = StarletteRouteResolver(routes if routes is not None else ())
-        return self._resolver
+        self._load(routes if routes is not None else ())
+        self._loaded = True
 
-    def resolve(self, method: str, path: str) -> str | None:
-        """Return the template for ``method`` and ``path``, or ``None``."""
-        return (self._resolver or self.refresh()).resolve(method, path)
+    def _lookup(self, method: str, path: str) -> str | None:
+        if not self._loaded:
+            self.refresh()
+        return super()._lookup(method, path)

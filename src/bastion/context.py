@@ -34,11 +34,13 @@ from bastion.exceptions import ConfigurationError
 from bastion.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = [
+    "ContextBuilder",
     "RequestContext",
     "RequestContextMiddleware",
     "SCOPE_KEY",
     "current_context",
     "get_context",
+    "new_id",
     "parse_traceparent",
 ]
 
@@ -201,6 +203,7 @@ class _RandomIds:
         self._position = 0
 
     def next(self) -> str:
+        """A new random id: 32 lower-case hex digits (128 bits from ``os.urandom``)."""
         position = self._position
         if position >= len(self._block):
             self._block = os.urandom(16 * self._IDS_PER_BLOCK).hex()
@@ -229,20 +232,11 @@ def _parse_networks(values: Iterable[str | Network]) -> tuple[Network, ...]:
     return tuple(networks)
 
 
-class RequestContextMiddleware:
-    """Fills the ``RequestContext`` of every HTTP and WebSocket request, and echoes the id.
+class ContextBuilder:
+    """Builds request contexts and echoes their ids: the logic of ``RequestContextMiddleware``.
 
-    Args:
-        app: the ASGI app to wrap.
-        request_id_header: header read for an incoming id and set on every response.
-        trust_incoming_request_id: honour a valid incoming id (else always generate one).
-        trusted_proxies: addresses or CIDR networks of proxies whose ``forwarded_header`` is
-            believed. **Security:** empty by default, so ``X-Forwarded-For`` is ignored and the
-            client is the socket peer; a client can never choose its own address.
-        forwarded_header: the header a trusted proxy appends the client address to.
-        route_resolver: finds the route template (``AppRouteResolver(app)`` for a Starlette or
-            FastAPI app); without one, ``route`` stays ``None``.
-        clock: time source for ``started``.
+    Kept apart from the middleware so that ``Bastion`` can run it inside its single fused
+    pipeline layer without a second copy of the logic. Arguments as for the middleware.
     """
 
     __slots__ = (
@@ -252,14 +246,11 @@ class RequestContextMiddleware:
         "_resolver",
         "_trust_id",
         "_trusted",
-        "app",
         "clock",
     )
 
     def __init__(
         self,
-        app: ASGIApp,
-        /,
         *,
         request_id_header: str = "X-Request-ID",
         trust_incoming_request_id: bool = True,
@@ -268,7 +259,6 @@ class RequestContextMiddleware:
         route_resolver: RouteResolver | None = None,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
-        self.app = app
         self.clock = clock
         self._header = request_id_header.lower().encode("latin-1")
         self._header_out = request_id_header.encode("latin-1")
@@ -277,16 +267,8 @@ class RequestContextMiddleware:
         self._forwarded = forwarded_header.lower().encode("latin-1")
         self._resolver = route_resolver
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Build the context, publish it to the scope and a ContextVar, echo the request id."""
-        scope_type = scope["type"]
-        if scope_type != "http" and scope_type != "websocket":
-            await self.app(scope, receive, send)
-            return
-
-        context = self._build(scope)
-        scope[SCOPE_KEY] = context
-        token = _current.set(context)
+    def echo(self, context: RequestContext, send: Send) -> Send:
+        """Wrap ``send`` to record the response status and add the request id header."""
         header = (self._header_out, context.request_id.encode("latin-1"))
         header_name = self._header
 
@@ -304,12 +286,10 @@ class RequestContextMiddleware:
                     message["headers"] = [*headers, header]
             await send(message)
 
-        try:
-            await self.app(scope, receive, send_with_id)
-        finally:
-            _current.reset(token)
+        return send_with_id
 
-    def _build(self, scope: Scope) -> RequestContext:
+    def build(self, scope: Scope) -> RequestContext:
+        """The context of the request in ``scope`` (headers read once, route resolved)."""
         headers = scope["headers"]
         request_id = None
         traceparent = None
@@ -377,3 +357,58 @@ class RequestContextMiddleware:
         except ValueError:
             return False
         return any(ip in network for network in self._trusted)
+
+
+class RequestContextMiddleware:
+    """Fills the ``RequestContext`` of every HTTP and WebSocket request, and echoes the id.
+
+    Args:
+        app: the ASGI app to wrap.
+        request_id_header: header read for an incoming id and set on every response.
+        trust_incoming_request_id: honour a valid incoming id (else always generate one).
+        trusted_proxies: addresses or CIDR networks of proxies whose ``forwarded_header`` is
+            believed. **Security:** empty by default, so ``X-Forwarded-For`` is ignored and the
+            client is the socket peer; a client can never choose its own address.
+        forwarded_header: the header a trusted proxy appends the client address to.
+        route_resolver: finds the route template (``AppRouteResolver(app)`` for a Starlette or
+            FastAPI app); without one, ``route`` stays ``None``.
+        clock: time source for ``started``.
+    """
+
+    __slots__ = ("app", "builder")
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        /,
+        *,
+        request_id_header: str = "X-Request-ID",
+        trust_incoming_request_id: bool = True,
+        trusted_proxies: Iterable[str | Network] = (),
+        forwarded_header: str = "X-Forwarded-For",
+        route_resolver: RouteResolver | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        self.app = app
+        self.builder = ContextBuilder(
+            request_id_header=request_id_header,
+            trust_incoming_request_id=trust_incoming_request_id,
+            trusted_proxies=trusted_proxies,
+            forwarded_header=forwarded_header,
+            route_resolver=route_resolver,
+            clock=clock,
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Build the context, publish it to the scope and a ContextVar, echo the request id."""
+        scope_type = scope["type"]
+        if scope_type != "http" and scope_type != "websocket":
+            await self.app(scope, receive, send)
+            return
+        context = self.builder.build(scope)
+        scope[SCOPE_KEY] = context
+        token = _current.set(context)
+        try:
+            await self.app(scope, receive, self.builder.echo(context, send))
+        finally:
+            _current.reset(token)

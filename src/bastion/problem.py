@@ -22,13 +22,14 @@ from typing import Any
 
 import orjson
 
-from bastion.context import get_context
+from bastion.context import SCOPE_KEY, RequestContext, get_context
 from bastion.events import Hooks, UnhandledError
 from bastion.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = [
     "ErrorBoundaryMiddleware",
     "PROBLEM_CONTENT_TYPE",
+    "answer_unhandled",
     "problem_body",
     "problem_headers",
     "send_problem",
@@ -142,13 +143,15 @@ class ErrorBoundaryMiddleware:
             await self.app(scope, receive, send)
             return
 
-        context = get_context(scope)
+        context: RequestContext | None = scope.get(SCOPE_KEY)
         if context is not None and scope_type == "http":
             # The request context already watches the response start: no second send wrapper.
             try:
                 await self.app(scope, receive, send)
             except Exception as exc:  # the boundary: every error the app did not handle ends here
-                await self._handle(scope, send, exc, started=context.status is not None)
+                await answer_unhandled(
+                    scope, send, exc, started=context.status is not None, hooks=self.hooks
+                )
             return
 
         started = False
@@ -163,37 +166,45 @@ class ErrorBoundaryMiddleware:
         try:
             await self.app(scope, receive, tracking_send)
         except Exception as exc:  # the boundary: every error the app did not handle ends here
-            await self._handle(scope, send, exc, started=started)
+            await answer_unhandled(scope, send, exc, started=started, hooks=self.hooks)
 
-    async def _handle(self, scope: Scope, send: Send, exc: Exception, *, started: bool) -> None:
-        context = get_context(scope)
-        request_id = context.request_id if context is not None else "-"
-        route = context.route if context is not None else None
-        method = scope.get("method", "WS")
-        logger.error(
-            "unhandled %s in %s %s (request_id=%s)%s",
-            type(exc).__qualname__,
-            method,
-            route or scope.get("path", "?"),
-            request_id,
-            "; response already started, connection closed" if started else "",
-            exc_info=exc,
-            extra={"request_id": request_id, "route": route},
-        )
-        if self.hooks is not None:
-            self.hooks.publish(
-                UnhandledError(
-                    request_id=request_id,
-                    method=method,
-                    route=route,
-                    error_type=f"{type(exc).__module__}.{type(exc).__qualname__}",
-                    response_started=started,
-                )
+
+async def answer_unhandled(
+    scope: Scope, send: Send, exc: Exception, *, started: bool, hooks: Hooks | None
+) -> None:
+    """Log ``exc``, publish ``UnhandledError`` and answer with a problem 500 (or close).
+
+    This is the error boundary's whole reaction, shared by ``ErrorBoundaryMiddleware`` and
+    bastion's fused pipeline layer.
+    """
+    context = get_context(scope)
+    request_id = context.request_id if context is not None else "-"
+    route = context.route if context is not None else None
+    method = scope.get("method", "WS")
+    logger.error(
+        "unhandled %s in %s %s (request_id=%s)%s",
+        type(exc).__qualname__,
+        method,
+        route or scope.get("path", "?"),
+        request_id,
+        "; response already started, connection closed" if started else "",
+        exc_info=exc,
+        extra={"request_id": request_id, "route": route},
+    )
+    if hooks is not None:
+        hooks.publish(
+            UnhandledError(
+                request_id=request_id,
+                method=method,
+                route=route,
+                error_type=f"{type(exc).__module__}.{type(exc).__qualname__}",
+                response_started=started,
             )
-        try:
-            if scope["type"] == "websocket":
-                await send({"type": "websocket.close", "code": 1011})
-            elif not started:
-                await send_problem(scope, send, 500, detail=_INTERNAL_DETAIL)
-        except Exception:  # the client is gone or the server refused: nothing left to tell it
-            logger.debug("could not send the error response", exc_info=True)
+        )
+    try:
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1011})
+        elif not started:
+            await send_problem(scope, send, 500, detail=_INTERNAL_DETAIL)
+    except Exception:  # the client is gone or the server refused: nothing left to tell it
+        logger.debug("could not send the error response", exc_info=True)
