@@ -390,3 +390,25 @@ async def test_ops_and_routes_under_a_root_path() -> None:
             context = await client.get("/api/context")
     assert 200 == live.status_code
     assert "/context" == context.json()["route"]
+
+
+async def test_starlettes_server_error_layer_is_replaced_by_the_boundary() -> None:
+    """Without a 500 handler of the app's own, Starlette's outer error layer is dropped (it could
+    never answer: bastion's boundary does); with one, it stays as it was."""
+    from starlette.middleware.errors import ServerErrorMiddleware
+
+    plain, _ = fastapi_app()
+    own = FastAPI()
+
+    async def my_500(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"mine": True}, status_code=500)
+
+    own.add_exception_handler(500, my_500)
+    Bastion(own, settings())
+    async with client_for(plain) as client:
+        response = await client.get("/boom")
+    assert 500 == response.status_code
+    assert "application/problem+json" == response.headers["content-type"]
+    assert not isinstance(plain.middleware_stack, ServerErrorMiddleware)
+    async with client_for(own):
+        assert isinstance(own.middleware_stack, ServerErrorMiddleware)

@@ -226,9 +226,13 @@ class Bastion:
         options = self._pipeline_options()
         add_middleware = getattr(app, "add_middleware", None)
         if add_middleware is not None and hasattr(app, "exception_handlers"):
-            from bastion.integrations.starlette import install_problem_handlers
+            from bastion.integrations.starlette import (
+                install_problem_handlers,
+                replace_server_error_middleware,
+            )
 
             install_problem_handlers(app)
+            replace_server_error_middleware(app)
             add_middleware(PipelineMiddleware, **options)
             if hasattr(app, "state"):
                 app.state.bastion = self

@@ -105,7 +105,6 @@ class RequestContext:
         client: str | None = None,
         parent_span_id: str | None = None,
         trace_flags: int = 1,
-        *,
         principal: str | None = None,
         priority: int = 0,
         deadline: float | None = None,
@@ -331,7 +330,7 @@ class ContextBuilder:
         # Positional: this runs once per request, and keyword calls cost measurably more.
         return RequestContext(
             rid, trace_id, method, path, route, client, parent_span_id, flags,
-            started=self.clock.monotonic(),
+            None, 0, None, self.clock.monotonic(),
         )  # fmt: skip
 
     def _forwarded_client(self, host: str, forwarded: bytes) -> str:

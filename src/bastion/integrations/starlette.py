@@ -92,3 +92,27 @@ def install_problem_handlers(app: Any) -> None:
         app.add_exception_handler(HTTPException, http_exception_problem)
     if validation_error is not None and handlers.get(validation_error) in defaults:
         app.add_exception_handler(validation_error, validation_problem)
+
+
+def replace_server_error_middleware(app: Any) -> None:
+    """Let bastion's error boundary stand in for Starlette's ``ServerErrorMiddleware``.
+
+    Starlette always wraps the whole app in ``ServerErrorMiddleware``, which wraps ``send`` on
+    every request so that it can answer a plain-text 500. Under bastion the error boundary
+    answers first, with problem+json, so that layer only costs time. It is dropped when the
+    stack is built, unless the app registered its own 500/``Exception`` handler or runs with
+    ``debug=True`` (then Starlette's layer stays, exactly as it was).
+    """
+    from starlette.middleware.errors import ServerErrorMiddleware
+
+    build = app.build_middleware_stack
+
+    def build_without_server_errors() -> Any:
+        stack = build()
+        handlers = app.exception_handlers
+        keep = app.debug or 500 in handlers or Exception in handlers
+        if isinstance(stack, ServerErrorMiddleware) and not keep:
+            return stack.app
+        return stack
+
+    app.build_middleware_stack = build_without_server_errors
