@@ -15,9 +15,12 @@ backend exception escapes.
 
 from __future__ import annotations
 
-from typing import Protocol, Self, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, Self, runtime_checkable
 
-__all__ = ["Store"]
+if TYPE_CHECKING:
+    from types import TracebackType
+
+__all__ = ["ClosingMixin", "Store"]
 
 
 @runtime_checkable
@@ -80,3 +83,23 @@ class Store(Protocol):
     async def aclose(self) -> None:
         """Release what this store owns (connections it created). Borrowed clients stay open."""
         ...
+
+
+class ClosingMixin:
+    """Gives a store ``async with store:``, which calls ``aclose()`` on the way out."""
+
+    __slots__ = ()
+
+    async def aclose(self) -> None:
+        """Release what the store owns; implementations override this."""
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()

@@ -13,13 +13,11 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Self
+from typing import Self
 
 from bastion._clock import SYSTEM_CLOCK, Clock
 from bastion.exceptions import ConfigurationError, StoreDataError
-
-if TYPE_CHECKING:
-    from types import TracebackType
+from bastion.stores.base import ClosingMixin
 
 __all__ = ["MemoryStore", "MemoryStoreStats"]
 
@@ -127,7 +125,7 @@ class _Backend:
         return self.clock.monotonic() + ttl_s
 
 
-class MemoryStore:
+class MemoryStore(ClosingMixin):
     """A bounded in-process ``Store``: LRU eviction, lazy expiry, atomic operations.
 
     Two bounds hold at all times. ``max_entries`` caps the number of keys. ``max_bytes`` caps the
@@ -287,17 +285,6 @@ class MemoryStore:
 
     async def aclose(self) -> None:
         """Do nothing: the store holds no connections, and its data lives as long as it does."""
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     def __repr__(self) -> str:
         backend = self._backend

@@ -30,6 +30,7 @@ from bastion.exceptions import (
     StoreTimeout,
     StoreUnavailable,
 )
+from bastion.stores.base import ClosingMixin
 from bastion.stores.gate import StoreHealthGate
 
 try:
@@ -41,8 +42,6 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     raise MissingDependencyError("redis", "redis") from exc
 
 if TYPE_CHECKING:
-    from types import TracebackType
-
     from redis.commands.core import AsyncScript
 
     from bastion.events import Hooks
@@ -124,7 +123,7 @@ def _key_prefix(prefix: str, namespace: str) -> str:
     return ":".join(parts) + ":" if parts else ""
 
 
-class RedisStore:
+class RedisStore(ClosingMixin):
     """A ``Store`` on Redis: cluster-wide, atomic, and behind a health gate.
 
     Keys are ``{prefix}:{namespace}:{key}``. Values are stored as they are (bytes), TTLs in
@@ -386,17 +385,6 @@ class RedisStore:
         """Close the connection pool if this store created it; otherwise do nothing."""
         if self._owns_client:
             await self._client.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     def __repr__(self) -> str:
         return (
