@@ -105,3 +105,19 @@ async def test_shutdown_failure_is_reported() -> None:
         async with lifespan(middleware(app_with_lifespan(log), log, fail="shutdown")):
             pass
     assert "app stopped" in log
+
+
+async def test_an_error_in_the_block_surfaces_as_itself() -> None:
+    """A failing assertion inside the block, or a nested lifespan's failure, is not wrapped in
+    an exception group: the test sees what was raised."""
+    log: list[str] = []
+    with pytest.raises(KeyError, match="missing"):
+        async with lifespan(middleware(app_with_lifespan(log), log)):
+            raise KeyError("missing")
+    assert "bastion closed" == log[-1]
+    with pytest.raises(LifespanError, match="could not open store"):
+        async with (
+            lifespan(middleware(app_with_lifespan([]), [])),
+            lifespan(middleware(app_with_lifespan([]), [], fail="startup")),
+        ):
+            pass

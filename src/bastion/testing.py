@@ -49,23 +49,30 @@ async def lifespan(app: ASGIApp, *, timeout_s: float = 10.0) -> AsyncIterator[di
             await app(scope, to_app_receive.receive, from_app_send.send)
 
     failure: str | None = None
-    async with anyio.create_task_group() as group, to_app_send, from_app_receive:
-        group.start_soon(run)
-        with anyio.fail_after(timeout_s):
-            await to_app_send.send({"type": "lifespan.startup"})
-            answer = await from_app_receive.receive()
-        if answer["type"] == "lifespan.startup.complete":
-            try:
-                yield state
-            finally:
-                with anyio.fail_after(timeout_s):
-                    await to_app_send.send({"type": "lifespan.shutdown"})
-                    answer = await from_app_receive.receive()
-            if answer["type"] != "lifespan.shutdown.complete":
-                failure = answer.get("message", "shutdown failed")
-        else:
-            failure = answer.get("message", "startup failed")
-            group.cancel_scope.cancel()
+    try:
+        async with anyio.create_task_group() as group, to_app_send, from_app_receive:
+            group.start_soon(run)
+            with anyio.fail_after(timeout_s):
+                await to_app_send.send({"type": "lifespan.startup"})
+                answer = await from_app_receive.receive()
+            if answer["type"] == "lifespan.startup.complete":
+                try:
+                    yield state
+                finally:
+                    with anyio.fail_after(timeout_s):
+                        await to_app_send.send({"type": "lifespan.shutdown"})
+                        answer = await from_app_receive.receive()
+                if answer["type"] != "lifespan.shutdown.complete":
+                    failure = answer.get("message", "shutdown failed")
+            else:
+                failure = answer.get("message", "startup failed")
+                group.cancel_scope.cancel()
+    except BaseExceptionGroup as group_error:
+        # The block's own exception (a failed assert, a nested lifespan's LifespanError) passes
+        # through the task group, which wraps it; a test should see the exception it raised.
+        if len(group_error.exceptions) == 1:
+            raise group_error.exceptions[0] from None
+        raise
     # Raised outside the task group so callers see a LifespanError, not an exception group.
     if failure is not None:
         raise LifespanError(failure)
