@@ -393,22 +393,45 @@ async def test_ops_and_routes_under_a_root_path() -> None:
 
 
 async def test_starlettes_server_error_layer_is_replaced_by_the_boundary() -> None:
-    """Without a 500 handler of the app's own, Starlette's outer error layer is dropped (it could
-    never answer: bastion's boundary does); with one, it stays as it was."""
+    """Starlette's outer error layer is dropped (bastion's boundary always answers first), except
+    in debug mode where it stays as it was."""
     from starlette.middleware.errors import ServerErrorMiddleware
 
     plain, _ = fastapi_app()
-    own = FastAPI()
-
-    async def my_500(request: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse({"mine": True}, status_code=500)
-
-    own.add_exception_handler(500, my_500)
-    Bastion(own, settings())
+    debug = FastAPI(debug=True)
+    Bastion(debug, settings())
     async with client_for(plain) as client:
         response = await client.get("/boom")
     assert 500 == response.status_code
     assert "application/problem+json" == response.headers["content-type"]
     assert not isinstance(plain.middleware_stack, ServerErrorMiddleware)
-    async with client_for(own):
-        assert isinstance(own.middleware_stack, ServerErrorMiddleware)
+    async with client_for(debug):
+        assert isinstance(debug.middleware_stack, ServerErrorMiddleware)
+
+
+async def test_the_apps_own_500_handler_still_answers(caplog: pytest.LogCaptureFixture) -> None:
+    """A handler registered for 500 or Exception answers unhandled errors; bastion still logs
+    the error with its request id and publishes the event."""
+    import logging
+
+    from bastion.events import UnhandledError
+    from bastion.testing import capture_events
+
+    app = FastAPI()
+    bastion = Bastion(app, settings())
+
+    @app.exception_handler(Exception)
+    async def my_500(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"mine": type(exc).__name__}, status_code=500)
+
+    @app.get("/boom")
+    async def boom() -> None:
+        raise RuntimeError("kaboom")
+
+    with capture_events(bastion.hooks, UnhandledError) as events, caplog.at_level(logging.ERROR):
+        async with client_for(app) as client:
+            response = await client.get("/boom")
+    assert (500, {"mine": "RuntimeError"}) == (response.status_code, response.json())
+    assert "x-request-id" in response.headers
+    assert 1 == len(events)
+    assert "kaboom" in caplog.text

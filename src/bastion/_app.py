@@ -227,13 +227,14 @@ class Bastion:
         add_middleware = getattr(app, "add_middleware", None)
         if add_middleware is not None and hasattr(app, "exception_handlers"):
             from bastion.integrations.starlette import (
+                app_error_responder,
                 install_problem_handlers,
                 replace_server_error_middleware,
             )
 
             install_problem_handlers(app)
             replace_server_error_middleware(app)
-            add_middleware(PipelineMiddleware, **options)
+            add_middleware(PipelineMiddleware, **options, responder=app_error_responder(app))
             if hasattr(app, "state"):
                 app.state.bastion = self
             return app

@@ -17,7 +17,7 @@ from bastion._lifespan import LifespanMiddleware
 from bastion._ops import OpsRoutes
 from bastion.context import SCOPE_KEY, ContextBuilder, _current
 from bastion.events import Hooks
-from bastion.problem import answer_unhandled
+from bastion.problem import UnhandledResponder, answer_unhandled
 from bastion.types import ASGIApp, Receive, Scope, Send
 
 __all__ = ["PipelineMiddleware"]
@@ -35,6 +35,7 @@ class PipelineMiddleware:
         hooks: where ``UnhandledError`` events are published.
         ops_prefix: where the ops endpoints live, or ``None`` when they are disabled.
         ops_routes: the ops endpoints.
+        responder: answers unhandled errors the app's own way when it has a 500 handler.
     """
 
     __slots__ = (
@@ -45,6 +46,7 @@ class PipelineMiddleware:
         "context",
         "hooks",
         "lifespan",
+        "responder",
     )
 
     def __init__(
@@ -58,6 +60,7 @@ class PipelineMiddleware:
         hooks: Hooks | None,
         ops_prefix: str | None,
         ops_routes: OpsRoutes,
+        responder: UnhandledResponder | None = None,
     ) -> None:
         self.app = app
         self.lifespan = LifespanMiddleware(app, startup=startup, shutdown=shutdown)
@@ -66,6 +69,7 @@ class PipelineMiddleware:
         self._ops_prefix = ops_prefix
         self._slash_prefix = f"{ops_prefix}/" if ops_prefix is not None else ""
         self._ops_routes = ops_routes
+        self.responder = responder
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve one scope through every bastion layer at once."""
@@ -99,6 +103,14 @@ class PipelineMiddleware:
                 await self.app(scope, receive, send_with_id)
         except Exception as exc:  # the boundary: every error the app did not handle ends here
             started = context.status is not None
-            await answer_unhandled(scope, send_with_id, exc, started=started, hooks=self.hooks)
+            await answer_unhandled(
+                scope,
+                send_with_id,
+                exc,
+                started=started,
+                hooks=self.hooks,
+                receive=receive,
+                responder=self.responder,
+            )
         finally:
             _current.reset(token)

@@ -16,7 +16,7 @@ the same request id, so an operator can find them from what the client reports.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from http import HTTPStatus
 from typing import Any
 
@@ -29,6 +29,7 @@ from bastion.types import ASGIApp, Message, Receive, Scope, Send
 __all__ = [
     "ErrorBoundaryMiddleware",
     "PROBLEM_CONTENT_TYPE",
+    "UnhandledResponder",
     "answer_unhandled",
     "problem_body",
     "problem_headers",
@@ -169,13 +170,26 @@ class ErrorBoundaryMiddleware:
             await answer_unhandled(scope, send, exc, started=started, hooks=self.hooks)
 
 
+UnhandledResponder = Callable[[Scope, Receive, Send, Exception], Awaitable[bool]]
+"""Answers an unhandled error in the app's own way (its registered 500 handler); returns
+whether it did. Used instead of the problem+json 500 when it answers."""
+
+
 async def answer_unhandled(
-    scope: Scope, send: Send, exc: Exception, *, started: bool, hooks: Hooks | None
+    scope: Scope,
+    send: Send,
+    exc: Exception,
+    *,
+    started: bool,
+    hooks: Hooks | None,
+    receive: Receive | None = None,
+    responder: UnhandledResponder | None = None,
 ) -> None:
     """Log ``exc``, publish ``UnhandledError`` and answer with a problem 500 (or close).
 
     This is the error boundary's whole reaction, shared by ``ErrorBoundaryMiddleware`` and
-    bastion's fused pipeline layer.
+    bastion's fused pipeline layer. When ``responder`` is given (the app registered its own 500
+    handler) it answers instead of the problem, after the error was logged and published.
     """
     context = get_context(scope)
     request_id = context.request_id if context is not None else "-"
@@ -204,7 +218,9 @@ async def answer_unhandled(
     try:
         if scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1011})
-        elif not started:
+        elif started:
+            pass
+        elif responder is None or receive is None or not await responder(scope, receive, send, exc):
             await send_problem(scope, send, 500, detail=_INTERNAL_DETAIL)
     except Exception:  # the client is gone or the server refused: nothing left to tell it
         logger.debug("could not send the error response", exc_info=True)

@@ -8,6 +8,7 @@ error. They replace only the framework's *default* handlers: a handler you regis
 
 from __future__ import annotations
 
+import inspect
 from typing import TYPE_CHECKING, Any
 
 from bastion.context import get_context
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
     from starlette.requests import Request
     from starlette.responses import Response
 
-__all__ = ["install_problem_handlers"]
+__all__ = ["app_error_responder", "install_problem_handlers", "replace_server_error_middleware"]
 
 # Statuses whose responses must not have a body (RFC 9110 §6.4.1).
 _NO_BODY = frozenset({204, 205, 304})
@@ -99,9 +100,9 @@ def replace_server_error_middleware(app: Any) -> None:
 
     Starlette always wraps the whole app in ``ServerErrorMiddleware``, which wraps ``send`` on
     every request so that it can answer a plain-text 500. Under bastion the error boundary
-    answers first, with problem+json, so that layer only costs time. It is dropped when the
-    stack is built, unless the app registered its own 500/``Exception`` handler or runs with
-    ``debug=True`` (then Starlette's layer stays, exactly as it was).
+    answers first, with problem+json or through the app's own 500 handler
+    (``app_error_responder``), so that layer only costs time. It is dropped when the stack is
+    built, unless the app runs with ``debug=True`` (then it stays, exactly as it was).
     """
     from starlette.middleware.errors import ServerErrorMiddleware
 
@@ -109,10 +110,34 @@ def replace_server_error_middleware(app: Any) -> None:
 
     def build_without_server_errors() -> Any:
         stack = build()
-        handlers = app.exception_handlers
-        keep = app.debug or 500 in handlers or Exception in handlers
-        if isinstance(stack, ServerErrorMiddleware) and not keep:
+        if isinstance(stack, ServerErrorMiddleware) and not app.debug:
             return stack.app
         return stack
 
     app.build_middleware_stack = build_without_server_errors
+
+
+def app_error_responder(app: Any) -> Any:
+    """An ``UnhandledResponder`` that answers with the app's own 500/``Exception`` handler.
+
+    Starlette calls such a handler from ``ServerErrorMiddleware``, which bastion's boundary
+    precedes; this keeps the handler working (a custom 500 page, reporting to an error tracker).
+    The handler is looked up per error, so one registered after ``Bastion(app)`` counts too.
+    """
+    from starlette.concurrency import run_in_threadpool
+    from starlette.requests import Request
+
+    async def respond(scope: Any, receive: Any, send: Any, exc: Exception) -> bool:
+        handlers = app.exception_handlers
+        handler = handlers.get(500) or handlers.get(Exception)
+        if handler is None:
+            return False
+        request = Request(scope, receive)
+        if inspect.iscoroutinefunction(handler):
+            response = await handler(request, exc)
+        else:
+            response = await run_in_threadpool(handler, request, exc)
+        await response(scope, receive, send)
+        return True
+
+    return respond
