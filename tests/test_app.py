@@ -172,7 +172,10 @@ async def test_ops_endpoints_are_served_before_the_app() -> None:
         unknown = await client.get("/_bastion/nope")
         post = await client.post("/_bastion/health/live")
         openapi = await client.get("/openapi.json")
-    assert ({"status": "UP"}, "no-store") == (live.json(), live.headers["cache-control"])
+    assert ({"status": "pass", "health": "UP"}, "no-store") == (
+        live.json(),
+        live.headers["cache-control"],
+    )
     assert "/_bastion/health/live" in index.json()["endpoints"]
     assert (404, "application/problem+json") == (
         unknown.status_code,
@@ -435,3 +438,34 @@ async def test_the_apps_own_500_handler_still_answers(caplog: pytest.LogCaptureF
     assert "x-request-id" in response.headers
     assert 1 == len(events)
     assert "kaboom" in caplog.text
+
+
+async def test_health_groups_follow_the_lifespan_and_the_store() -> None:
+    """startup turns UP once bastion's resources opened; ready depends on the store answering;
+    live never does."""
+    app = FastAPI()
+    Bastion(app, settings(redis_url=closed_port_url(), health={"cache_s": 0}))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        before = await client.get("/_bastion/health/startup")
+        async with lifespan(app):
+            started = await client.get("/_bastion/health/startup")
+            ready = await client.get("/_bastion/health/ready")
+            live = await client.get("/_bastion/health/live")
+    assert 503 == before.status_code
+    assert 200 == started.status_code
+    assert (503, "DOWN") == (ready.status_code, ready.json()["health"])
+    assert (200, "UP") == (live.status_code, live.json()["health"])
+
+
+async def test_health_details_need_the_admin_key() -> None:
+    """Per-check details are shown only with BASTION_OPS__ADMIN_KEY as a bearer token."""
+    app = FastAPI()
+    Bastion(app, settings(ops={"admin_key": "s3cret-admin"}))
+    async with client_for(app) as client:
+        anonymous = await client.get("/_bastion/health/ready")
+        admin = await client.get(
+            "/_bastion/health/ready", headers={"Authorization": "Bearer s3cret-admin"}
+        )
+    assert "checks" not in anonymous.json()
+    assert "store" in admin.json()["checks"]

@@ -16,6 +16,7 @@ PUBLIC_MODULES = [
     "bastion.context",
     "bastion.events",
     "bastion.exceptions",
+    "bastion.health",
     "bastion.problem",
     "bastion.settings",
     "bastion.stores",

@@ -17,6 +17,7 @@ from bastion._urls import redact_url
 from bastion.context import ContextBuilder
 from bastion.events import Hooks
 from bastion.exceptions import LifespanError, StoreError
+from bastion.health import HealthRegistry, health_endpoints, store_check
 from bastion.settings import Settings, load_settings
 from bastion.stores import Store, store_from_url
 from bastion.types import ASGIApp, Receive, Scope, Send
@@ -80,6 +81,13 @@ class Bastion:
         self.routes = AppRouteResolver(app)
         self.ops = OpsRoutes()
         self.store: Store = self._build_store()
+        self.health = HealthRegistry(
+            clock=clock,
+            default_timeout_s=self.settings.health.check_timeout_s,
+            cache_s=self.settings.health.cache_s,
+        )
+        # The shared store is what every cluster-scoped feature needs: not ready without it.
+        self.health.add("store", store_check(self.store), groups=("ready",))
         self._resources: list[_Resource] = [
             _Resource("store", self._open_store, self.store.aclose),
         ]
@@ -124,6 +132,7 @@ class Bastion:
                     await self.shutdown()
                     raise LifespanError(f"could not open {resource.name}: {exc}") from exc
             self._opened.append(resource)
+        self.health.mark_started()
 
     async def shutdown(self) -> None:
         """Close the opened resources in reverse order; every one is tried even if one fails.
@@ -194,13 +203,13 @@ class Bastion:
                 headers=_NO_STORE,
             )
 
-        async def live(scope: Scope, receive: Receive, send: Send) -> None:
-            # Liveness answers from the process alone: an outage elsewhere must never make an
-            # orchestrator restart healthy workers.
-            await send_json(send, {"status": "UP"}, headers=_NO_STORE)
-
         self.ops.add("/", index)
-        self.ops.add("/health/live", live)
+        admin_key = settings.ops.admin_key
+        endpoints = health_endpoints(
+            self.health, admin_key=admin_key.get_secret_value() if admin_key else None
+        )
+        for path, endpoint in endpoints.items():
+            self.ops.add(path, endpoint)
 
     def _pipeline_options(self) -> dict[str, Any]:
         """Options of the ``PipelineMiddleware`` that carries bastion's layers."""

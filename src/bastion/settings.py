@@ -31,6 +31,7 @@ from bastion.exceptions import ConfigurationError
 
 __all__ = [
     "ContextSettings",
+    "HealthSettings",
     "OpsSettings",
     "Settings",
     "StoreSettings",
@@ -135,6 +136,15 @@ class OpsSettings(_Section):
         return value
 
 
+class HealthSettings(_Section):
+    """Health endpoints: liveness, readiness, startup (``BASTION_HEALTH__*``)."""
+
+    check_timeout_s: float = Field(2.0, gt=0)
+    """Longest a single check may run before it counts as DOWN (checks run concurrently)."""
+    cache_s: float = Field(1.0, ge=0)
+    """How long a check result is reused, so probes from many load balancers cost one run."""
+
+
 class Settings(BaseSettings):
     """All of bastion's settings. Build with ``load_settings()`` to get readable errors."""
 
@@ -160,6 +170,7 @@ class Settings(BaseSettings):
     context: ContextSettings = Field(default_factory=ContextSettings)
     stores: StoreSettings = Field(default_factory=StoreSettings)
     ops: OpsSettings = Field(default_factory=OpsSettings)
+    health: HealthSettings = Field(default_factory=HealthSettings)
 
     @field_validator("redis_url")
     @classmethod

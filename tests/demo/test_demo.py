@@ -158,8 +158,10 @@ async def test_the_root_redirects_to_the_api_docs(client: httpx.AsyncClient) -> 
 
 async def test_the_ops_endpoints_are_served(client: httpx.AsyncClient) -> None:
     """bastion's ops endpoints answer next to the catalog."""
-    response = await client.get("/_bastion/health/live")
-    assert (200, {"status": "UP"}) == (response.status_code, response.json())
+    live = await client.get("/_bastion/health/live")
+    ready = await client.get("/_bastion/health/ready")
+    assert (200, {"status": "pass", "health": "UP"}) == (live.status_code, live.json())
+    assert (200, "UP") == (ready.status_code, ready.json()["health"])
 
 
 # --------------------------------------------------------------------------------------- writes

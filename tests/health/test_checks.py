@@ -1,0 +1,44 @@
+"""store_check: UP against a live store, DOWN against an unreachable Redis."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from bastion.health import HealthRegistry, HealthStatus, store_check
+from bastion.stores import Store
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on (bound, then released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.anyio
+async def test_store_check_is_up(store: Store) -> None:
+    """A store that answers its ping is UP, named in the details."""
+    registry = HealthRegistry()
+    registry.add("store", store_check(store))
+    report = await registry.evaluate("ready")
+    assert HealthStatus.UP == report.status
+    assert {"store": store.name} == dict(report.checks[0].details)
+
+
+@pytest.mark.anyio
+async def test_store_check_is_down_when_redis_is_unreachable() -> None:
+    """A RedisStore on a closed port is DOWN with the store error's type, not a crash."""
+    pytest.importorskip("redis")
+    from bastion.stores import RedisStore
+
+    store = RedisStore.from_url(f"redis://127.0.0.1:{free_port()}/0")
+    try:
+        registry = HealthRegistry()
+        registry.add("redis", store_check(store))
+        report = await registry.evaluate("ready")
+    finally:
+        await store.aclose()
+    assert HealthStatus.DOWN == report.status
+    assert "StoreUnavailable" == report.checks[0].error
