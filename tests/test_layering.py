@@ -15,6 +15,7 @@ CORE = {
     "_ops",
     "_pipeline",
     "_routes",
+    "_shutdown",
     "_urls",
     "context",
     "events",

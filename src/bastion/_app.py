@@ -13,6 +13,7 @@ from bastion._clock import SYSTEM_CLOCK, Clock
 from bastion._ops import OpsRoutes
 from bastion._pipeline import PipelineMiddleware
 from bastion._routes import AppRouteResolver
+from bastion._shutdown import ShutdownCoordinator
 from bastion._urls import redact_url
 from bastion.context import ContextBuilder
 from bastion.events import Hooks
@@ -88,6 +89,12 @@ class Bastion:
         )
         # The shared store is what every cluster-scoped feature needs: not ready without it.
         self.health.add("store", store_check(self.store), groups=("ready",))
+        self.shutdown_coordinator = ShutdownCoordinator(
+            pre_stop_delay_s=self.settings.shutdown.pre_stop_delay_s,
+            drain_timeout_s=self.settings.shutdown.drain_timeout_s,
+            clock=clock,
+        )
+        self.shutdown_coordinator.on_drain(self.health.set_draining)
         self._resources: list[_Resource] = [
             _Resource("store", self._open_store, self.store.aclose),
         ]
@@ -133,6 +140,7 @@ class Bastion:
                     raise LifespanError(f"could not open {resource.name}: {exc}") from exc
             self._opened.append(resource)
         self.health.mark_started()
+        self.shutdown_coordinator.install_signal_hook()
 
     async def shutdown(self) -> None:
         """Close the opened resources in reverse order; every one is tried even if one fails.
@@ -140,6 +148,9 @@ class Bastion:
         Raises:
             LifespanError: naming each resource that failed to close.
         """
+        # Not ready from now on; let the requests still in flight finish before closing anything.
+        await self.shutdown_coordinator.drain()
+        self.shutdown_coordinator.uninstall_signal_hook()
         failures = []
         while self._opened:
             resource = self._opened.pop()
@@ -229,6 +240,7 @@ class Bastion:
             "hooks": self.hooks,
             "ops_prefix": settings.ops.prefix if settings.ops.enabled else None,
             "ops_routes": self.ops,
+            "coordinator": self.shutdown_coordinator,
         }
 
     def _install(self, app: ASGIApp) -> ASGIApp:

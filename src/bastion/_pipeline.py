@@ -15,12 +15,15 @@ from collections.abc import Awaitable, Callable
 from bastion._asgi import scope_path
 from bastion._lifespan import LifespanMiddleware
 from bastion._ops import OpsRoutes
+from bastion._shutdown import ShutdownCoordinator
 from bastion.context import SCOPE_KEY, ContextBuilder, _current
 from bastion.events import Hooks
-from bastion.problem import UnhandledResponder, answer_unhandled
+from bastion.problem import UnhandledResponder, answer_unhandled, send_problem
 from bastion.types import ASGIApp, Receive, Scope, Send
 
 __all__ = ["PipelineMiddleware"]
+
+_GOING_AWAY = [(b"connection", b"close"), (b"retry-after", b"1")]
 
 
 class PipelineMiddleware:
@@ -36,6 +39,7 @@ class PipelineMiddleware:
         ops_prefix: where the ops endpoints live, or ``None`` when they are disabled.
         ops_routes: the ops endpoints.
         responder: answers unhandled errors the app's own way when it has a 500 handler.
+        coordinator: counts in-flight requests and says when to refuse new ones (draining).
     """
 
     __slots__ = (
@@ -44,6 +48,7 @@ class PipelineMiddleware:
         "_slash_prefix",
         "app",
         "context",
+        "coordinator",
         "hooks",
         "lifespan",
         "responder",
@@ -61,6 +66,7 @@ class PipelineMiddleware:
         ops_prefix: str | None,
         ops_routes: OpsRoutes,
         responder: UnhandledResponder | None = None,
+        coordinator: ShutdownCoordinator | None = None,
     ) -> None:
         self.app = app
         self.lifespan = LifespanMiddleware(app, startup=startup, shutdown=shutdown)
@@ -70,6 +76,11 @@ class PipelineMiddleware:
         self._slash_prefix = f"{ops_prefix}/" if ops_prefix is not None else ""
         self._ops_routes = ops_routes
         self.responder = responder
+        self.coordinator = (
+            coordinator
+            if coordinator is not None
+            else ShutdownCoordinator(pre_stop_delay_s=0.0, drain_timeout_s=30.0)
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve one scope through every bastion layer at once."""
@@ -94,11 +105,22 @@ class PipelineMiddleware:
             return
 
         send_with_id = self.context.echo(context, send)
+        coordinator = self.coordinator
+        coordinator.in_flight += 1
         try:
             prefix = self._ops_prefix
             path = context.path if not scope.get("root_path") else scope_path(scope)
             if prefix is not None and (path == prefix or path.startswith(self._slash_prefix)):
+                # Ops endpoints answer even while draining: that is how readiness reports it.
                 await self._ops_routes.serve(scope, receive, send_with_id, path[len(prefix) :])
+            elif coordinator.refusing:
+                await send_problem(
+                    scope,
+                    send_with_id,
+                    503,
+                    detail="The server is shutting down; retry on another instance.",
+                    headers=_GOING_AWAY,
+                )
             else:
                 await self.app(scope, receive, send_with_id)
         except Exception as exc:  # the boundary: every error the app did not handle ends here
@@ -114,3 +136,6 @@ class PipelineMiddleware:
             )
         finally:
             _current.reset(token)
+            coordinator.in_flight -= 1
+            if coordinator.idle is not None and not coordinator.in_flight:
+                coordinator.idle.set()

@@ -34,6 +34,7 @@ __all__ = [
     "HealthSettings",
     "OpsSettings",
     "Settings",
+    "ShutdownSettings",
     "StoreSettings",
     "env_name",
     "load_settings",
@@ -145,6 +146,16 @@ class HealthSettings(_Section):
     """How long a check result is reused, so probes from many load balancers cost one run."""
 
 
+class ShutdownSettings(_Section):
+    """Graceful shutdown and draining (``BASTION_SHUTDOWN__*``)."""
+
+    pre_stop_delay_s: float = Field(0.0, ge=0)
+    """After SIGTERM, readiness reports 503 at once while requests are still served for this
+    long, so load balancers stop routing before connections are refused (a preStop delay)."""
+    drain_timeout_s: float = Field(25.0, gt=0)
+    """At shutdown, the longest bastion waits for in-flight requests before closing resources."""
+
+
 class Settings(BaseSettings):
     """All of bastion's settings. Build with ``load_settings()`` to get readable errors."""
 
@@ -171,6 +182,7 @@ class Settings(BaseSettings):
     stores: StoreSettings = Field(default_factory=StoreSettings)
     ops: OpsSettings = Field(default_factory=OpsSettings)
     health: HealthSettings = Field(default_factory=HealthSettings)
+    shutdown: ShutdownSettings = Field(default_factory=ShutdownSettings)
 
     @field_validator("redis_url")
     @classmethod
