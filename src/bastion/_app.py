@@ -87,8 +87,16 @@ class Bastion:
             default_timeout_s=self.settings.health.check_timeout_s,
             cache_s=self.settings.health.cache_s,
         )
-        # The shared store is what every cluster-scoped feature needs: not ready without it.
-        self.health.add("store", store_check(self.store), groups=("ready",))
+        # Features degrade when the store is down (DESIGN §1.4), so by default a store outage makes
+        # readiness DEGRADED (still 200): taking every worker out of rotation because Redis is
+        # down would turn a degraded service into an outage. An app that declared the store
+        # required (BASTION_STORES__REQUIRED_AT_STARTUP) is not ready without it.
+        self.health.add(
+            "store",
+            store_check(self.store),
+            groups=("ready",),
+            critical=self.settings.stores.required_at_startup,
+        )
         self.shutdown_coordinator = ShutdownCoordinator(
             pre_stop_delay_s=self.settings.shutdown.pre_stop_delay_s,
             drain_timeout_s=self.settings.shutdown.drain_timeout_s,
