@@ -329,6 +329,7 @@ def test_the_banner_lists_the_registered_ops_endpoints_under_the_prefix() -> Non
     assert "bastion demo: music catalog on http://127.0.0.1:9000 (2 workers)" in before
     assert "  API docs   http://127.0.0.1:9000/docs" in before
     assert "  health     http://127.0.0.1:9000/_ops/health/live" in before
+    assert "  readiness  http://127.0.0.1:9000/_ops/health/ready" in before
     assert "  ops index  http://127.0.0.1:9000/_ops/" in before
     assert "metrics" not in before
     assert "  metrics    http://127.0.0.1:9000/_ops/metrics" in after

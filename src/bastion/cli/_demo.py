@@ -29,6 +29,7 @@ APP = "bastion.demo:app"
 # Ops endpoints worth a line in the banner, in the order shown; each only if registered.
 _OPS_LINES = (
     ("health", ("/health/live", "/health")),
+    ("readiness", ("/health/ready",)),
     ("ops index", ("/",)),
     ("metrics", ("/metrics",)),
     ("dashboard", ("/dashboard",)),
