@@ -21,7 +21,7 @@ from bastion.exceptions import LifespanError, StoreError
 from bastion.health import HealthRegistry, health_endpoints, store_check
 from bastion.settings import Settings, load_settings
 from bastion.stores import Store, store_from_url
-from bastion.types import ASGIApp, Receive, Scope, Send
+from bastion.types import AnyASGIApp, ASGIApp, Receive, Scope, Send
 
 __all__ = ["Bastion"]
 
@@ -69,7 +69,7 @@ class Bastion:
 
     def __init__(
         self,
-        app: ASGIApp,
+        app: AnyASGIApp,
         settings: Settings | None = None,
         *,
         hooks: Hooks | None = None,
