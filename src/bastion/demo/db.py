@@ -16,6 +16,8 @@ same moment. Three things make that safe:
 from __future__ import annotations
 
 import logging
+import sqlite3
+import time
 from typing import Any
 
 from sqlalchemy import URL, event, make_url, select, text
@@ -69,13 +71,37 @@ def _is_memory_sqlite(url: URL) -> bool:
     return url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
 
 
+def _switch_to_wal(cursor: Any) -> None:
+    """``PRAGMA journal_mode = WAL``, retried while another process holds the file's lock.
+
+    SQLite does not always call the busy handler for the journal-mode switch: when two
+    processes open a fresh file at once, one of them can get "database is locked" immediately,
+    whatever ``busy_timeout`` says (seen in CI with two workers starting together). The switch is
+    persistent, so once any process made it, the others' pragma is a quick no-op.
+    """
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    delay = 0.005
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+        # A blocking sleep on the event loop: acceptable because it happens only while several
+        # processes create a fresh file at once (at startup), for milliseconds; afterwards the
+        # file is in WAL mode and the pragma succeeds at the first try.
+        time.sleep(delay)
+        delay = min(delay * 2, 0.2)
+
+
 def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
     """Set the per-connection pragmas several worker processes need to share one file."""
     cursor = dbapi_connection.cursor()
     try:
         # busy_timeout first: switching to WAL takes a lock another process may be holding.
         cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-        cursor.execute("PRAGMA journal_mode = WAL")
+        _switch_to_wal(cursor)
         # NORMAL is durable against application crashes in WAL mode, and far fewer fsyncs.
         cursor.execute("PRAGMA synchronous = NORMAL")
         cursor.execute("PRAGMA foreign_keys = ON")
