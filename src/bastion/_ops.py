@@ -38,10 +38,6 @@ class OpsRoutes:
         """The registered paths, sorted."""
         return sorted(self._routes)
 
-    def lookup(self, path: str) -> dict[str, OpsEndpoint] | None:
-        """The handlers by method for ``path``, or ``None``."""
-        return self._routes.get(path)
-
     async def serve(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
         """Answer a request for ``path`` (relative to the prefix): the endpoint, 404 or 405."""
         handlers = self._routes.get(path or "/")
