@@ -16,7 +16,7 @@ from bastion._asgi import scope_path
 from bastion._lifespan import LifespanMiddleware
 from bastion._ops import OpsRoutes
 from bastion._shutdown import ShutdownCoordinator
-from bastion.context import SCOPE_KEY, ContextBuilder, _current
+from bastion.context import SCOPE_KEY, ContextBuilder, RequestObserver, _current
 from bastion.events import Hooks
 from bastion.problem import UnhandledResponder, answer_unhandled, send_problem
 from bastion.types import ASGIApp, Receive, Scope, Send
@@ -40,6 +40,8 @@ class PipelineMiddleware:
         ops_routes: the ops endpoints.
         responder: answers unhandled errors the app's own way when it has a 500 handler.
         coordinator: counts in-flight requests and says when to refuse new ones (draining).
+        observer: telemetry called around every HTTP request except the ops endpoints' (probes
+            and scrapes would drown the access log and skew the latency of the app's routes).
     """
 
     __slots__ = (
@@ -51,6 +53,7 @@ class PipelineMiddleware:
         "coordinator",
         "hooks",
         "lifespan",
+        "observer",
         "responder",
     )
 
@@ -67,6 +70,7 @@ class PipelineMiddleware:
         ops_routes: OpsRoutes,
         responder: UnhandledResponder | None = None,
         coordinator: ShutdownCoordinator | None = None,
+        observer: RequestObserver | None = None,
     ) -> None:
         self.app = app
         self.lifespan = LifespanMiddleware(app, startup=startup, shutdown=shutdown)
@@ -76,6 +80,7 @@ class PipelineMiddleware:
         self._slash_prefix = f"{ops_prefix}/" if ops_prefix is not None else ""
         self._ops_routes = ops_routes
         self.responder = responder
+        self.observer = observer
         self.coordinator = (
             coordinator
             if coordinator is not None
@@ -105,15 +110,26 @@ class PipelineMiddleware:
             return
 
         send_with_id = self.context.echo(context, send)
+        prefix = self._ops_prefix
+        if prefix is not None:
+            path = context.path if not scope.get("root_path") else scope_path(scope)
+            if path == prefix or path.startswith(self._slash_prefix):
+                # Ops endpoints answer even while draining: that is how readiness reports it.
+                try:
+                    await self._ops_routes.serve(scope, receive, send_with_id, path[len(prefix) :])
+                except Exception as exc:  # the boundary covers the ops endpoints too
+                    await self._unhandled(scope, receive, send_with_id, exc, context.status)
+                finally:
+                    _current.reset(token)
+                return
+
         coordinator = self.coordinator
         coordinator.in_flight += 1
+        observer = self.observer
+        state = observer.request_started(context, scope) if observer is not None else None
+        error: BaseException | None = None
         try:
-            prefix = self._ops_prefix
-            path = context.path if not scope.get("root_path") else scope_path(scope)
-            if prefix is not None and (path == prefix or path.startswith(self._slash_prefix)):
-                # Ops endpoints answer even while draining: that is how readiness reports it.
-                await self._ops_routes.serve(scope, receive, send_with_id, path[len(prefix) :])
-            elif coordinator.refusing:
+            if coordinator.refusing:
                 await send_problem(
                     scope,
                     send_with_id,
@@ -124,18 +140,28 @@ class PipelineMiddleware:
             else:
                 await self.app(scope, receive, send_with_id)
         except Exception as exc:  # the boundary: every error the app did not handle ends here
-            started = context.status is not None
-            await answer_unhandled(
-                scope,
-                send_with_id,
-                exc,
-                started=started,
-                hooks=self.hooks,
-                receive=receive,
-                responder=self.responder,
-            )
+            error = exc
+            await self._unhandled(scope, receive, send_with_id, exc, context.status)
+        except BaseException as exc:  # cancelled: observed, then passed on
+            error = exc
+            raise
         finally:
+            if observer is not None:
+                observer.request_finished(context, scope, state, error)
             _current.reset(token)
             coordinator.in_flight -= 1
             if coordinator.idle is not None and not coordinator.in_flight:
                 coordinator.idle.set()
+
+    async def _unhandled(
+        self, scope: Scope, receive: Receive, send: Send, exc: Exception, status: int | None
+    ) -> None:
+        await answer_unhandled(
+            scope,
+            send,
+            exc,
+            started=status is not None,
+            hooks=self.hooks,
+            receive=receive,
+            responder=self.responder,
+        )

@@ -25,7 +25,7 @@ import os
 import re
 from collections.abc import Iterable
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, Protocol
 
 from bastion._asgi import scope_path
 from bastion._clock import SYSTEM_CLOCK, Clock
@@ -37,6 +37,7 @@ __all__ = [
     "ContextBuilder",
     "RequestContext",
     "RequestContextMiddleware",
+    "RequestObserver",
     "SCOPE_KEY",
     "current_context",
     "get_context",
@@ -76,6 +77,8 @@ class RequestContext:
         started: monotonic time the request entered bastion.
         status: the response status once ``http.response.start`` was sent, else ``None``; layers
             read it instead of each wrapping ``send`` to find out (one wrapper per request).
+        response_bytes: body bytes sent so far (what went through ``send``, before any
+            compression a server might add).
     """
 
     __slots__ = (
@@ -88,6 +91,7 @@ class RequestContext:
         "principal",
         "priority",
         "request_id",
+        "response_bytes",
         "route",
         "started",
         "status",
@@ -123,6 +127,7 @@ class RequestContext:
         self.deadline = deadline
         self.started = started
         self.status: int | None = None
+        self.response_bytes = 0
         self._span_id: str | None = None
 
     @property
@@ -143,6 +148,27 @@ class RequestContext:
             f"method={self.method!r}, route={self.route!r}, client={self.client!r}, "
             f"principal={self.principal!r})"
         )
+
+
+class RequestObserver(Protocol):
+    """Watches every HTTP request bastion serves: what telemetry (metrics, access log, spans)
+    implements. ``Bastion`` calls one observer around the app, inside the error boundary's
+    reach, so it sees the final status of every response, problem responses included.
+
+    Both calls run on the request's task, in the request's contextvars context.
+    """
+
+    def request_started(self, context: RequestContext, scope: Scope) -> Any:
+        """The request is about to reach the app; the return value is handed back at the end."""
+
+    def request_finished(
+        self, context: RequestContext, scope: Scope, state: Any, error: BaseException | None
+    ) -> None:
+        """The response is complete (``context.status`` is ``None`` if none was sent).
+
+        ``error`` is what the app raised (already answered by the error boundary), or the
+        cancellation that ended the request, or ``None``.
+        """
 
 
 def current_context() -> RequestContext:
@@ -283,6 +309,8 @@ class ContextBuilder:
                 else:
                     # Headers may be a tuple or a list owned by the framework; never mutate it.
                     message["headers"] = [*headers, header]
+            else:
+                context.response_bytes += len(message.get("body", b""))
             await send(message)
 
         return send_with_id

@@ -17,6 +17,7 @@ default). Secrets are ``SecretStr``, and credentials inside URLs are masked in `
 from __future__ import annotations
 
 import difflib
+import itertools
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -32,10 +33,14 @@ from bastion.exceptions import ConfigurationError
 __all__ = [
     "ContextSettings",
     "HealthSettings",
+    "LoggingSettings",
+    "MetricsSettings",
     "OpsSettings",
     "Settings",
     "ShutdownSettings",
+    "StatsSettings",
     "StoreSettings",
+    "TracingSettings",
     "env_name",
     "load_settings",
 ]
@@ -52,6 +57,12 @@ _DATABASE_SCHEMES = (
     "postgresql+asyncpg",
     "postgresql+psycopg",
 )
+
+
+def _split_commas(value: Any) -> Any:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
 
 
 class _Section(BaseModel):
@@ -71,12 +82,7 @@ class ContextSettings(_Section):
     forwarded_header: str = "X-Forwarded-For"
     """Header in which trusted proxies pass the client address along."""
 
-    @field_validator("trusted_proxies", mode="before")
-    @classmethod
-    def _split(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
+    _split = field_validator("trusted_proxies", mode="before")(_split_commas)
 
     @field_validator("trusted_proxies")
     @classmethod
@@ -156,6 +162,124 @@ class ShutdownSettings(_Section):
     """At shutdown, the longest bastion waits for in-flight requests before closing resources."""
 
 
+# Names whose values never reach a log line, as fields, headers or query parameters. Matching is
+# case-insensitive and ignores "-" versus "_", so "X-Api-Key" and "x_api_key" are both caught.
+DEFAULT_REDACTED = (
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "set-cookie",
+    "x-api-key",
+    "api_key",
+    "apikey",
+    "access_token",
+    "refresh_token",
+    "id_token",
+    "token",
+    "password",
+    "passwd",
+    "secret",
+    "client_secret",
+    "signature",
+    "sig",
+)
+
+
+class LoggingSettings(_Section):
+    """Structured logs and the access log (``BASTION_LOGGING__*``)."""
+
+    configure: bool = True
+    """Let bastion configure Python logging at startup (root handler, formatter, uvicorn's
+    loggers). Turn off to keep a logging setup of your own; the access log still goes to the
+    ``bastion.access`` logger."""
+    format: Literal["json", "console"] = "json"
+    """``json``: one JSON object per line, for log pipelines. ``console``: aligned, readable
+    lines for a terminal (``bastion demo`` uses it)."""
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    """Level of the root logger."""
+    file: Path | None = None
+    """Write log lines to this file (appending) instead of standard error."""
+    access_log: bool = True
+    """Log one line per request: method, route, path, status, duration, bytes, client."""
+    access_sample_rate: float = Field(1.0, ge=0.0, le=1.0)
+    """Fraction of successful (status < 400), fast requests that get an access line. Errors and
+    slow requests are always logged. Sampling is by request id, so it is the same decision in
+    every worker and a sampled request is logged whole."""
+    slow_request_s: float = Field(1.0, gt=0)
+    """Requests slower than this are always logged, whatever the sample rate."""
+    redact: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(DEFAULT_REDACTED))
+    """Field, header and query-parameter names whose values are replaced by ``[REDACTED]``,
+    comma-separated. Security: the default covers credentials; extend it, do not shrink it."""
+    queue_size: int = Field(10_000, gt=0)
+    """Lines buffered for the writer thread. Logging never blocks the event loop: when the queue
+    is full (the disk or pipe cannot keep up), lines are dropped and counted."""
+
+    _split = field_validator("redact", mode="before")(_split_commas)
+
+
+# OpenTelemetry's advised boundaries for http.server.request.duration, in seconds.
+OTEL_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10)
+
+
+class MetricsSettings(_Section):
+    """Prometheus metrics (``BASTION_METRICS__*``)."""
+
+    enabled: bool = True
+    """Record metrics and serve them at ``{ops prefix}/metrics``."""
+    directory: Path | None = None
+    """Directory where the worker processes of one server share their metrics, so a scrape of
+    any worker returns the totals of all. By default a directory under the system temporary
+    directory named after the parent process (the server's supervisor) is used, which is right
+    for ``uvicorn --workers N`` and gunicorn. Set it when workers are started some other way."""
+    port: int | None = Field(None, ge=0, le=65535)
+    """Also serve ``/metrics`` on this port (every worker binds it with ``SO_REUSEPORT``; each
+    one answers with the same merged totals), e.g. to keep metrics off the public port."""
+    duration_buckets: Annotated[list[float], NoDecode] = Field(
+        default_factory=lambda: list(OTEL_DURATION_BUCKETS)
+    )
+    """Upper bounds of the request duration histogram, in seconds, comma-separated."""
+    max_series: int = Field(2_000, gt=0)
+    """Most label combinations a metric holds; further ones are counted under one overflow
+    series (labels ``"other"``) so a bug or an attack cannot blow up the scrape."""
+
+    _split = field_validator("duration_buckets", mode="before")(_split_commas)
+
+    @field_validator("duration_buckets")
+    @classmethod
+    def _ascending(cls, value: list[float]) -> list[float]:
+        if not value or any(b <= a for a, b in itertools.pairwise(value)):
+            raise ValueError("must be a non-empty, strictly increasing list of seconds")
+        if value[0] <= 0:
+            raise ValueError("bucket bounds must be positive")
+        return value
+
+
+class StatsSettings(_Section):
+    """Per-route analytics at ``{ops prefix}/stats`` (``BASTION_STATS__*``)."""
+
+    window_s: float = Field(300.0, gt=0)
+    """How far back rates, error rates and latency percentiles look."""
+    interval_s: float = Field(10.0, gt=0)
+    """How often the metrics are sampled for the window (the resolution of the stats)."""
+    top_routes: int = Field(10, gt=0)
+    """How many routes the ``top`` list holds."""
+
+
+class TracingSettings(_Section):
+    """OpenTelemetry tracing, with the ``otel`` extra (``BASTION_TRACING__*``)."""
+
+    enabled: bool = False
+    """Record one server span per request. Needs ``pip install 'bastion[otel]'``; without it
+    (or when off), trace ids are still read from ``traceparent``, logged and propagated."""
+    exporter: Literal["otlp", "console", "none"] = "otlp"
+    """Where spans go: an OTLP/HTTP collector, standard output, or nowhere (spans are still
+    created, e.g. for an exporter you add yourself)."""
+    otlp_endpoint: str = "http://127.0.0.1:4318/v1/traces"
+    """OTLP/HTTP traces endpoint of the collector."""
+    sample_ratio: float = Field(1.0, ge=0.0, le=1.0)
+    """Fraction of new traces recorded; an incoming ``traceparent``'s sampled flag is honoured."""
+
+
 class Settings(BaseSettings):
     """All of bastion's settings. Build with ``load_settings()`` to get readable errors."""
 
@@ -183,6 +307,10 @@ class Settings(BaseSettings):
     ops: OpsSettings = Field(default_factory=OpsSettings)
     health: HealthSettings = Field(default_factory=HealthSettings)
     shutdown: ShutdownSettings = Field(default_factory=ShutdownSettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    stats: StatsSettings = Field(default_factory=StatsSettings)
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
 
     @field_validator("redis_url")
     @classmethod
