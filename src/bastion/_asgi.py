@@ -13,7 +13,7 @@ import orjson
 
 from bastion.types import Scope, Send
 
-__all__ = ["get_header", "scope_path", "send_json"]
+__all__ = ["get_header", "scope_path", "send_body", "send_json"]
 
 
 def get_header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None:
@@ -33,16 +33,16 @@ def scope_path(scope: Scope) -> str:
     return path
 
 
-async def send_json(
+async def send_body(
     send: Send,
-    data: Any,
+    body: bytes,
     *,
     status: int = 200,
+    content_type: bytes,
     headers: Iterable[tuple[bytes, bytes]] = (),
-    content_type: bytes = b"application/json",
+    head: bool = False,
 ) -> None:
-    """Send a complete JSON response (orjson-encoded) in two messages."""
-    body = orjson.dumps(data)
+    """Send a complete response in two messages; ``head`` sends the headers without the body."""
     await send(
         {
             "type": "http.response.start",
@@ -54,4 +54,18 @@ async def send_json(
             ],
         }
     )
-    await send({"type": "http.response.body", "body": body})
+    await send({"type": "http.response.body", "body": b"" if head else body})
+
+
+async def send_json(
+    send: Send,
+    data: Any,
+    *,
+    status: int = 200,
+    headers: Iterable[tuple[bytes, bytes]] = (),
+    content_type: bytes = b"application/json",
+) -> None:
+    """Send a complete JSON response (orjson-encoded) in two messages."""
+    await send_body(
+        send, orjson.dumps(data), status=status, content_type=content_type, headers=headers
+    )

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -211,3 +212,33 @@ class TestAcrossProcesses:
         assert 'jobs_done_total{queue="q"} 5' in lines
         assert not (tmp_path / name).exists()
         survivor.close()
+
+    def test_values_counted_before_sharing_are_kept(self, tmp_path: Path) -> None:
+        """Series made at app construction keep their counts when moved into the directory."""
+        registry = MetricsRegistry()
+        declare(registry)
+        child = registry.counter("jobs_done_total", "Jobs done.", ["queue"]).labels("q")
+        child.inc(3)
+
+        registry.share(tmp_path)
+        child.inc()
+
+        assert 'jobs_done_total{queue="q"} 4' in sample_lines(registry)
+        registry.close()
+
+    def test_a_forked_child_never_writes_into_its_parents_file(self, tmp_path: Path) -> None:
+        """After a fork (gunicorn --preload) the child counts in private memory."""
+        registry = MetricsRegistry(directory=tmp_path)
+        declare(registry)
+        child = registry.counter("jobs_done_total", "Jobs done.", ["queue"]).labels("q")
+        child.inc()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # forking with threads around
+            pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            child.inc(100)
+            os._exit(0)
+        os.waitpid(pid, 0)
+
+        assert 'jobs_done_total{queue="q"} 1' in sample_lines(registry)
+        registry.close()

@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from bastion._asgi import get_header
+from bastion._asgi import get_header, send_body
 from bastion._ops import OpsEndpoint
 from bastion.health._model import CheckOutcome, HealthGroup, HealthReport
 from bastion.health._registry import HealthRegistry
@@ -31,6 +31,7 @@ HEALTH_CONTENT_TYPE = "application/health+json"
 
 _CONTENT_TYPE = HEALTH_CONTENT_TYPE.encode()
 _BEARER = b"bearer "
+_NO_STORE = ((b"cache-control", b"no-store"),)
 
 
 def health_body(report: HealthReport, *, details: bool) -> dict[str, Any]:
@@ -97,20 +98,14 @@ def health_endpoints(
     def endpoint(group: HealthGroup) -> OpsEndpoint:
         async def probe(scope: Scope, receive: Receive, send: Send) -> None:
             report = await registry.evaluate(group)
-            body = orjson.dumps(health_body(report, details=is_admin(scope)))
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": report.http_status,
-                    "headers": [
-                        (b"content-type", _CONTENT_TYPE),
-                        (b"content-length", str(len(body)).encode()),
-                        (b"cache-control", b"no-store"),
-                    ],
-                }
+            await send_body(
+                send,
+                orjson.dumps(health_body(report, details=is_admin(scope))),
+                status=report.http_status,
+                content_type=_CONTENT_TYPE,
+                headers=_NO_STORE,
+                head=scope.get("method") == "HEAD",
             )
-            head = scope.get("method") == "HEAD"
-            await send({"type": "http.response.body", "body": b"" if head else body})
 
         return probe
 

@@ -33,6 +33,7 @@ import mmap
 import os
 import struct
 import tempfile
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -40,8 +41,6 @@ import orjson
 
 __all__ = [
     "ARCHIVE_NAME",
-    "FileValues",
-    "MemoryValues",
     "Values",
     "WorkerFile",
     "archive_path",
@@ -67,18 +66,32 @@ def _padded(length: int) -> int:
 class Values:
     """A growable array of float64 slots, allocated to series by key.
 
+    The slots start in process memory. ``attach`` moves them into a file that sibling processes
+    read, keeping every slot's index, so series created before (at import or app construction)
+    keep working. A forked child gets them back in private memory: it must never write into its
+    parent's file (gunicorn's ``--preload`` forks after the app is built).
+
     ``view`` is the current ``memoryview`` of the slots (format ``d``); series index into it.
-    It is replaced when the array grows, so hot paths read ``values.view`` on each use rather
-    than keeping the view.
+    It is replaced when the array grows or moves, so hot paths read ``values.view`` on each use
+    rather than keeping the view.
     """
 
-    __slots__ = ("_buffer", "_used", "keys", "view")
+    __slots__ = ("__weakref__", "_buffer", "_fd", "_used", "_widths", "keys", "view")
 
     def __init__(self) -> None:
         self.keys: dict[str, int] = {}
+        self._widths: dict[int, int] = {}
         self._used = _HEADER.size
-        self._buffer = self._new_buffer(_INITIAL_BYTES)
+        self._fd: int | None = None
+        self._buffer: bytearray | mmap.mmap = bytearray(_INITIAL_BYTES)
+        _HEADER.pack_into(self._buffer, 0, self._used)
         self.view = memoryview(self._buffer).cast("d")
+        _live_values.add(self)
+
+    @property
+    def shared(self) -> bool:
+        """Whether the slots live in a file other processes read."""
+        return self._fd is not None
 
     def slots(self, key: str, count: int) -> int:
         """The index of the first of ``count`` slots of series ``key`` (allocated on first use)."""
@@ -88,7 +101,7 @@ class Values:
         encoded = key.encode()
         size = _ENTRY.size + _padded(len(encoded)) + 8 * count
         if self._used + size > len(self._buffer):
-            self._grow(max(2 * len(self._buffer), self._used + size))
+            self._move(self._fd, max(2 * len(self._buffer), self._used + size))
         offset = self._used
         _ENTRY.pack_into(self._buffer, offset, len(encoded), count)
         self._buffer[offset + _ENTRY.size : offset + _ENTRY.size + len(encoded)] = encoded
@@ -97,55 +110,57 @@ class Values:
         # Publish the entry only now that it is complete: readers stop at "in use".
         _HEADER.pack_into(self._buffer, 0, self._used)
         self.keys[key] = first
+        self._widths[first] = count
         return first
+
+    def zero(self) -> None:
+        """Set every slot to 0 (after the values were archived, so they never count twice)."""
+        view = self.view
+        for first, count in self._widths.items():
+            view[first : first + count] = memoryview(bytes(8 * count)).cast("d")
 
     def snapshot(self) -> bytes:
         """The bytes in use, for parsing (a copy, so later writes do not move under a reader)."""
         return bytes(self._buffer[: self._used])
 
-    def _new_buffer(self, size: int) -> bytearray | mmap.mmap:
-        return bytearray(size)
+    def attach(self, path: Path) -> None:
+        """Move the slots into a new file at ``path`` (which must not exist)."""
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        self._move(fd, len(self._buffer))
 
-    def _grow(self, size: int) -> None:
-        old = self._buffer
-        new = self._new_buffer(size)
-        new[: self._used] = old[: self._used]
-        self._buffer = new
-        self.view = memoryview(new).cast("d")
-        # The old buffer stays alive while any memoryview of it does; nothing writes to it now.
-
-    def close(self) -> None:
-        """Release the buffer (subclasses release their file)."""
-
-
-class MemoryValues(Values):
-    """Slots in process memory: the single-process case, and the fastest."""
-
-    __slots__ = ()
-
-
-class FileValues(Values):
-    """Slots in a memory-mapped file that other processes read.
-
-    Args:
-        path: the file to create; it must not exist.
-    """
-
-    __slots__ = ("_fd", "path")
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-        super().__init__()
-
-    def _new_buffer(self, size: int) -> mmap.mmap:
-        os.ftruncate(self._fd, size)
-        return mmap.mmap(self._fd, size)
-
-    def close(self) -> None:
-        """Close the file descriptor; the mapping goes when the last view of it does."""
+    def detach(self) -> None:
+        """Move the slots back into private memory and close the file."""
+        fd = self._fd
+        if fd is None:
+            return
+        self._move(None, len(self._buffer))
         with contextlib.suppress(OSError):
-            os.close(self._fd)
+            os.close(fd)
+
+    def _move(self, fd: int | None, size: int) -> None:
+        if fd is None:
+            new: bytearray | mmap.mmap = bytearray(size)
+        else:
+            os.ftruncate(fd, size)
+            new = mmap.mmap(fd, size)
+        new[: self._used] = self._buffer[: self._used]
+        self._buffer = new
+        self._fd = fd
+        self.view = memoryview(new).cast("d")
+        # The old buffer stays alive while a memoryview of it does; nothing writes to it now.
+
+
+_live_values: weakref.WeakSet[Values] = weakref.WeakSet()
+
+
+def _detach_in_child() -> None:
+    for values in list(_live_values):
+        if values.shared:
+            values._fd = None  # the parent's descriptor: leave it to the parent
+            values._move(None, len(values._buffer))
+
+
+os.register_at_fork(after_in_child=_detach_in_child)
 
 
 def parse_entries(data: bytes) -> Iterator[tuple[str, tuple[float, ...]]]:
@@ -172,18 +187,20 @@ class WorkerFile:
 
     Args:
         directory: the directory the server's workers share (created if missing).
+        values: the slots to move into the file.
     """
 
     __slots__ = ("_lock_fd", "directory", "name", "values")
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, values: Values) -> None:
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.directory = directory
         self.name = f"{_WORKER_PREFIX}{os.getpid()}-{os.urandom(4).hex()}{_WORKER_SUFFIX}"
         # Made under a name scans ignore, locked, then renamed into place: a sibling must never
         # see the file unlocked and fold a live worker into the archive.
         hidden = directory / f".new-{self.name}"
-        self.values = FileValues(hidden)
+        self.values = values
+        values.attach(hidden)
         # A separate descriptor for the lock: flock belongs to the open file description, and a
         # sibling's attempt on its own descriptor fails for as long as this one stays open.
         self._lock_fd = os.open(hidden, os.O_RDONLY)
@@ -211,10 +228,11 @@ class WorkerFile:
                 (self.directory / self.name).unlink()
             _prune_merged(self.directory, archive)
         self.close()
+        self.values.zero()
 
     def close(self) -> None:
-        """Release the lock and the file (without archiving: for tests and forked children)."""
-        self.values.close()
+        """Release the lock and the file (without archiving); the values go back to memory."""
+        self.values.detach()
         with contextlib.suppress(OSError):
             os.close(self._lock_fd)
 
@@ -354,7 +372,7 @@ def scan_directory(directory: Path) -> list[tuple[int | None, bytes]]:
 
 
 def _encode(series: dict[str, list[float]]) -> bytes:
-    values = MemoryValues()
+    values = Values()
     for key, slots in series.items():
         first = values.slots(key, len(slots))
         for offset, value in enumerate(slots):

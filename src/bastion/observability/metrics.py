@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Literal, TypeVar
 
 from bastion.observability._values import (
-    MemoryValues,
     Values,
     WorkerFile,
     compact_dead,
@@ -260,8 +259,8 @@ class MetricsRegistry:
     """The metrics of one process, and the merged view of all workers sharing ``directory``.
 
     Args:
-        directory: where the server's workers share their values; ``None`` keeps them in this
-            process only (one worker, or tests).
+        directory: where the server's workers share their values (see ``share``); ``None``
+            keeps them in this process only (one worker, or until ``share`` is called).
         max_series: the most label combinations per metric (the rest count as ``"other"``).
 
     Metrics are declared once per process, at startup, in the same way by every worker (the
@@ -271,13 +270,26 @@ class MetricsRegistry:
     __slots__ = ("_collectors", "_file", "_metrics", "directory", "max_series", "values")
 
     def __init__(self, *, directory: Path | None = None, max_series: int = 2_000) -> None:
-        self.directory = directory
         self.max_series = max_series
-        self._file = WorkerFile(directory) if directory is not None else None
-        self.values: Values = self._file.values if self._file else MemoryValues()
+        self.values = Values()
         """This process's slots."""
+        self.directory: Path | None = None
+        self._file: WorkerFile | None = None
         self._metrics: dict[str, _Metric] = {}
         self._collectors: list[Collector] = []
+        if directory is not None:
+            self.share(directory)
+
+    def share(self, directory: Path) -> None:
+        """Move this process's values into ``directory``, shared with the server's other workers.
+
+        Call it in the worker, after any fork (``Bastion`` does at lifespan startup); values
+        counted before are kept.
+        """
+        if self._file is not None:
+            raise RuntimeError(f"the metrics are already shared in {self.directory}")
+        self._file = WorkerFile(directory, self.values)
+        self.directory = directory
 
     # -- declaring ----------------------------------------------------------------------------
 
@@ -397,6 +409,7 @@ class MetricsRegistry:
         if self._file is not None:
             self._file.retire(self._monotonic())
             self._file = None
+            self.directory = None
 
 
 def _own_pid() -> int:
