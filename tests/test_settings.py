@@ -128,3 +128,13 @@ def test_settings_are_immutable() -> None:
     settings = Settings()
     with pytest.raises(ValueError, match="frozen"):
         settings.service_name = "x"  # type: ignore[misc]
+
+
+def test_a_stats_interval_longer_than_its_window_is_refused(isolated_env: None) -> None:
+    """The stats window must hold at least one sampling interval; both variables are named."""
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings({"BASTION_STATS__INTERVAL_S": "500"}, stats={"interval_s": 500})
+
+    assert "BASTION_STATS__INTERVAL_S (500) must not exceed BASTION_STATS__WINDOW_S" in str(
+        caught.value
+    )

@@ -19,6 +19,7 @@ from bastion.context import ContextBuilder
 from bastion.events import Hooks
 from bastion.exceptions import LifespanError, StoreError
 from bastion.health import HealthRegistry, health_endpoints, store_check
+from bastion.observability import Observability
 from bastion.settings import Settings, load_settings
 from bastion.stores import Store, store_from_url
 from bastion.types import AnyASGIApp, ASGIApp, Receive, Scope, Send
@@ -103,7 +104,12 @@ class Bastion:
             clock=clock,
         )
         self.shutdown_coordinator.on_drain(self.health.set_draining)
+        self.observability = Observability(self.settings, hooks=self.hooks, clock=clock)
+        self.metrics = self.observability.registry
+        # Opened first and closed last: logging is configured before anything else logs, and
+        # still writes while the rest shuts down.
         self._resources: list[_Resource] = [
+            _Resource("observability", self.observability.open, self.observability.close),
             _Resource("store", self._open_store, self.store.aclose),
         ]
         self._opened: list[_Resource] = []
@@ -227,6 +233,11 @@ class Bastion:
         endpoints = health_endpoints(
             self.health, admin_key=admin_key.get_secret_value() if admin_key else None
         )
+        endpoints.update(
+            self.observability.endpoints(
+                admin_key=admin_key.get_secret_value() if admin_key else None
+            )
+        )
         for path, endpoint in endpoints.items():
             self.ops.add(path, endpoint)
 
@@ -249,6 +260,7 @@ class Bastion:
             "ops_prefix": settings.ops.prefix if settings.ops.enabled else None,
             "ops_routes": self.ops,
             "coordinator": self.shutdown_coordinator,
+            "observer": self.observability.telemetry,
         }
 
     def _install(self, app: ASGIApp) -> ASGIApp:

@@ -24,7 +24,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bastion._urls import redact_url
@@ -234,6 +241,9 @@ class MetricsSettings(_Section):
     port: int | None = Field(None, ge=0, le=65535)
     """Also serve ``/metrics`` on this port (every worker binds it with ``SO_REUSEPORT``; each
     one answers with the same merged totals), e.g. to keep metrics off the public port."""
+    host: str = "127.0.0.1"
+    """Address the metrics ``port`` listens on. Security: loopback by default; set
+    ``0.0.0.0`` for a Prometheus on another host."""
     duration_buckets: Annotated[list[float], NoDecode] = Field(
         default_factory=lambda: list(OTEL_DURATION_BUCKETS)
     )
@@ -264,6 +274,15 @@ class StatsSettings(_Section):
     top_routes: int = Field(10, gt=0)
     """How many routes the ``top`` list holds."""
 
+    @model_validator(mode="after")
+    def _interval_fits(self) -> StatsSettings:
+        if self.interval_s > self.window_s:
+            raise ValueError(
+                f"BASTION_STATS__INTERVAL_S ({self.interval_s:g}) must not exceed "
+                f"BASTION_STATS__WINDOW_S ({self.window_s:g})"
+            )
+        return self
+
 
 class TracingSettings(_Section):
     """OpenTelemetry tracing, with the ``otel`` extra (``BASTION_TRACING__*``)."""
@@ -278,6 +297,9 @@ class TracingSettings(_Section):
     """OTLP/HTTP traces endpoint of the collector."""
     sample_ratio: float = Field(1.0, ge=0.0, le=1.0)
     """Fraction of new traces recorded; an incoming ``traceparent``'s sampled flag is honoured."""
+    global_provider: bool = True
+    """Install bastion's tracer provider as OpenTelemetry's global one, so library
+    instrumentations (httpx, SQLAlchemy) and ``trace.get_tracer()`` export through it."""
 
 
 class Settings(BaseSettings):

@@ -27,7 +27,6 @@ from bastion.settings import Settings, load_settings
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from bastion.types import Receive, Scope, Send
 
 BASTION_SCRIPT = Path(sys.executable).with_name("bastion")
 """The console script the package installs (next to the interpreter running the tests)."""
@@ -316,23 +315,26 @@ def demo_settings(**overrides: Any) -> Settings:
 
 
 def test_the_banner_lists_the_registered_ops_endpoints_under_the_prefix() -> None:
-    """Docs, health and ops index are shown under the configured prefix; metrics only once added."""
+    """Docs, health, ops index, metrics and stats are shown under the configured prefix."""
     app = create_app(demo_settings(ops={"prefix": "/_ops"}))
-    bastion = app.state.bastion
-    before = banner(app, bastion, base_url="http://127.0.0.1:9000", workers=2, reload=False)
+    text = banner(app, app.state.bastion, base_url="http://127.0.0.1:9000", workers=2, reload=False)
 
-    async def metrics(scope: Scope, receive: Receive, send: Send) -> None:
-        """A stand-in metrics endpoint."""
+    assert "bastion demo: music catalog on http://127.0.0.1:9000 (2 workers)" in text
+    assert "  API docs   http://127.0.0.1:9000/docs" in text
+    assert "  health     http://127.0.0.1:9000/_ops/health/live" in text
+    assert "  readiness  http://127.0.0.1:9000/_ops/health/ready" in text
+    assert "  ops index  http://127.0.0.1:9000/_ops/" in text
+    assert "  metrics    http://127.0.0.1:9000/_ops/metrics" in text
+    assert "  stats      http://127.0.0.1:9000/_ops/stats" in text
 
-    bastion.ops.add("/metrics", metrics)
-    after = banner(app, bastion, base_url="http://127.0.0.1:9000", workers=2, reload=False)
-    assert "bastion demo: music catalog on http://127.0.0.1:9000 (2 workers)" in before
-    assert "  API docs   http://127.0.0.1:9000/docs" in before
-    assert "  health     http://127.0.0.1:9000/_ops/health/live" in before
-    assert "  readiness  http://127.0.0.1:9000/_ops/health/ready" in before
-    assert "  ops index  http://127.0.0.1:9000/_ops/" in before
-    assert "metrics" not in before
-    assert "  metrics    http://127.0.0.1:9000/_ops/metrics" in after
+
+def test_the_banner_lists_only_endpoints_that_exist() -> None:
+    """With metrics disabled, the banner does not advertise a metrics URL that would 404."""
+    app = create_app(demo_settings(metrics={"enabled": False}))
+    text = banner(app, app.state.bastion, base_url="http://h:1", workers=1, reload=False)
+
+    assert "metrics" not in text
+    assert "  health     http://h:1/_bastion/health/live" in text
 
 
 def test_the_banner_omits_ops_endpoints_when_they_are_disabled() -> None:

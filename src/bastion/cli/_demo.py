@@ -32,6 +32,7 @@ _OPS_LINES = (
     ("readiness", ("/health/ready",)),
     ("ops index", ("/",)),
     ("metrics", ("/metrics",)),
+    ("stats", ("/stats",)),
     ("dashboard", ("/dashboard",)),
 )
 
