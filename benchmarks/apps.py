@@ -13,9 +13,11 @@ give it a group (``foundation`` rows run by default; others with ``--group`` or 
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -185,7 +187,7 @@ def bare_starlette() -> ASGIApp:
 # -- 3. bare FastAPI ------------------------------------------------------------------------------
 
 
-@register("fastapi", title="bare FastAPI", groups=("foundation", "breakdown"))
+@register("fastapi", title="bare FastAPI", groups=("foundation", "breakdown", "observability"))
 def bare_fastapi() -> ASGIApp:
     """FastAPI with ``async def read_item(item_id: int, q: str | None = None) -> dict[str, Any]``
     (path and query parameters validated, the return value validated and serialized)."""
@@ -244,33 +246,21 @@ def _access_log() -> logging.Logger:
     return logger
 
 
-@register("assembled", title="FastAPI + assembled stack")
-def fastapi_assembled_stack() -> ASGIApp:
-    """Bare FastAPI plus what users assemble today, wired as their READMEs show:
-    asgi-correlation-id ``CorrelationIdMiddleware``; prometheus-fastapi-instrumentator
-    (``Instrumentator().instrument(app).expose(app)``, on a fresh ``CollectorRegistry`` so
-    several instances can live in one process); slowapi (``Limiter(key_func=get_remote_address,
-    default_limits=["1000000/minute"])``, never hit, with ``SlowAPIMiddleware``); Starlette
-    ``GZipMiddleware``; and an ``@app.middleware("http")`` access log that times the request and
-    writes one line through ``logging`` to a real file."""
+def _add_assembled_observability(app: FastAPI) -> None:
+    """Add the observability users assemble today to ``app``, wired as their READMEs show.
+
+    Around whatever ``app`` already has, from the inside out: an ``@app.middleware("http")``
+    access log that times the request and writes one line through ``logging`` to a real file
+    (``_access_log()``, with the correlation id); prometheus-fastapi-instrumentator
+    (``Instrumentator().instrument(app).expose(app)``, on a fresh ``CollectorRegistry`` so several
+    instances can live in one process); and asgi-correlation-id ``CorrelationIdMiddleware``,
+    outermost, so every layer below (and the access log) sees the id.
+    """
     from asgi_correlation_id import CorrelationIdMiddleware
     from prometheus_client import CollectorRegistry
     from prometheus_fastapi_instrumentator import Instrumentator
-    from slowapi import Limiter, _rate_limit_exceeded_handler
-    from slowapi.errors import RateLimitExceeded
-    from slowapi.middleware import SlowAPIMiddleware
-    from slowapi.util import get_remote_address
-    from starlette.middleware.gzip import GZipMiddleware
 
     access_log = _access_log()
-    app = _fastapi()
-
-    limiter = Limiter(key_func=get_remote_address, default_limits=["1000000/minute"])
-    app.state.limiter = limiter
-    # slowapi's README wiring; its handler is annotated for its own exception type only.
-    app.add_exception_handler(RateLimitExceeded, _rate_limit_exceeded_handler)  # type: ignore[arg-type]
-    app.add_middleware(SlowAPIMiddleware)
-    app.add_middleware(GZipMiddleware)
 
     @app.middleware("http")
     async def log_requests(
@@ -293,14 +283,58 @@ def fastapi_assembled_stack() -> ASGIApp:
     Instrumentator(registry=CollectorRegistry()).instrument(app).expose(app)
     # Added last, so outermost: every layer below (and the access log) sees the id.
     app.add_middleware(CorrelationIdMiddleware)
+
+
+@register("assembled", title="FastAPI + assembled stack")
+def fastapi_assembled_stack() -> ASGIApp:
+    """Bare FastAPI plus what users assemble today, wired as their READMEs show:
+    asgi-correlation-id ``CorrelationIdMiddleware``; prometheus-fastapi-instrumentator
+    (``Instrumentator().instrument(app).expose(app)``, on a fresh ``CollectorRegistry`` so
+    several instances can live in one process); slowapi (``Limiter(key_func=get_remote_address,
+    default_limits=["1000000/minute"])``, never hit, with ``SlowAPIMiddleware``); Starlette
+    ``GZipMiddleware``; and an ``@app.middleware("http")`` access log that times the request and
+    writes one line through ``logging`` to a real file."""
+    from slowapi import Limiter, _rate_limit_exceeded_handler
+    from slowapi.errors import RateLimitExceeded
+    from slowapi.middleware import SlowAPIMiddleware
+    from slowapi.util import get_remote_address
+    from starlette.middleware.gzip import GZipMiddleware
+
+    app = _fastapi()
+
+    limiter = Limiter(key_func=get_remote_address, default_limits=["1000000/minute"])
+    app.state.limiter = limiter
+    # slowapi's README wiring; its handler is annotated for its own exception type only.
+    app.add_exception_handler(RateLimitExceeded, _rate_limit_exceeded_handler)  # type: ignore[arg-type]
+    app.add_middleware(SlowAPIMiddleware)
+    app.add_middleware(GZipMiddleware)
+    _add_assembled_observability(app)
+    return app
+
+
+@register(
+    "assembled-observability",
+    title="FastAPI + assembled observability",
+    groups=("observability",),
+)
+def fastapi_assembled_observability() -> ASGIApp:
+    """The `assembled` row without slowapi and GZip: bare FastAPI plus asgi-correlation-id
+    ``CorrelationIdMiddleware`` (outermost), prometheus-fastapi-instrumentator
+    (``Instrumentator().instrument(app).expose(app)`` on a fresh ``CollectorRegistry``) and an
+    ``@app.middleware("http")`` access log that times the request and writes one line with the
+    correlation id through ``logging`` to a real file: request id, access log and metrics, as
+    users assemble them today."""
+    app = _fastapi()
+    _add_assembled_observability(app)
     return app
 
 
 # -- 6. bastion -----------------------------------------------------------------------------------
 
 
-def _isolated_settings() -> Settings:
-    """bastion's default ``Settings``, read from nothing: no environment, no ``.env``.
+def _isolated_settings(**overrides: Any) -> Settings:
+    """bastion's default ``Settings`` with ``overrides``, read from nothing: no environment, no
+    ``.env``.
 
     A ``BASTION_*`` variable or a ``.env`` file in the working directory would otherwise change
     what is measured without the report saying so.
@@ -319,24 +353,77 @@ def _isolated_settings() -> Settings:
         ) -> tuple[PydanticBaseSettingsSource, ...]:
             return (init_settings,)
 
-    return DefaultSettings()
+    return DefaultSettings(**overrides)
 
 
-def _bastion_app() -> FastAPI:
+def _log_file() -> Path:
+    """A fresh log file path in a temp directory of its own, removed when the process exits.
+
+    Each in-process app runs in its own worker process, and each HTTP server is a process of
+    its own, so the file lives as long as the app that writes it. (bastion opens the file
+    itself at startup, so it cannot be unlinked early as ``_access_log()`` does.)
+    """
+    directory = tempfile.mkdtemp(prefix="bastion-bench-log-")
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    # DEBUG-TEMP
+    def _debug() -> None:
+        import sys
+        f = Path(directory) / "bastion.log"
+        if f.exists():
+            lines = f.read_text().splitlines()
+            access = [x for x in lines if '"logger":"bastion.access"' in x or "bastion.access" in x]
+            print(f"DEBUG {os.getpid()} {f}: {len(lines)} lines, {len(access)} access; first: {lines[0] if lines else None}; other: {[x for x in lines if 'bastion.access' not in x][:3]}", file=sys.stderr)
+        else:
+            print(f"DEBUG {os.getpid()} {f}: no file", file=sys.stderr)
+    atexit.register(_debug)
+    return Path(directory) / "bastion.log"
+
+
+def _bastion_app(**overrides: Any) -> FastAPI:
     from bastion import Bastion
 
     app = _fastapi()
-    Bastion(app, settings=_isolated_settings())
+    Bastion(app, settings=_isolated_settings(**overrides))
     return app
 
 
-@register("bastion", title="FastAPI + Bastion (default stack)", groups=("foundation", "breakdown"))
+@register(
+    "bastion-foundation",
+    title="FastAPI + Bastion (foundation, no observability)",
+    groups=("foundation", "breakdown"),
+)
+def fastapi_bastion_foundation() -> ASGIApp:
+    """Bare FastAPI wrapped by ``Bastion(app, settings=...)`` with its default settings (memory
+    store, settings from defaults only) but observability off: ``metrics.enabled=False``,
+    ``logging.configure=False``, ``logging.access_log=False`` (tracing is off by default). What
+    runs: lifespan, request context, error boundary, ops endpoints, fused into one
+    ``PipelineMiddleware`` installed with ``add_middleware``; served as the FastAPI app itself."""
+    from bastion.settings import LoggingSettings, MetricsSettings
+
+    return _bastion_app(
+        metrics=MetricsSettings(enabled=False),
+        logging=LoggingSettings(configure=False, access_log=False),
+    )
+
+
+@register(
+    "bastion",
+    title="FastAPI + Bastion (default stack, log to a file)",
+    groups=("foundation", "breakdown", "observability"),
+)
 def fastapi_bastion() -> ASGIApp:
-    """Bare FastAPI wrapped by ``Bastion(app, settings=Settings())`` with its default stack
-    (memory store, settings from defaults only): lifespan, request context, error boundary, ops
-    endpoints, fused into one ``PipelineMiddleware`` installed with ``add_middleware``; served as
-    the FastAPI app itself."""
-    return _bastion_app()
+    """Bare FastAPI wrapped by ``Bastion(app, settings=...)`` with its default settings (memory
+    store, settings from defaults only) except ``logging.file``, a temp file. What runs: the
+    foundation (lifespan, request context with its request id, error boundary, ops endpoints,
+    fused into one ``PipelineMiddleware``) plus the default observability stack: bastion's
+    logging configuration with the JSON access log, one line per request, queued by the request
+    and formatted and appended to the file by bastion's writer thread (nothing goes to stderr);
+    Prometheus HTTP metrics (duration and body-size histograms, in-flight gauge, served at
+    `/_bastion/metrics`); the event-loop lag monitor and the stats sampler. Tracing is off (the
+    default): no span, no exporter."""
+    from bastion.settings import LoggingSettings
+
+    return _bastion_app(logging=LoggingSettings(file=_log_file()))
 
 
 # -- per-layer breakdown of bastion (``--group breakdown``) ---------------------------------------
@@ -430,5 +517,5 @@ def standalone_context() -> ASGIApp:
 )
 def standalone_all() -> ASGIApp:
     """The same four layers Bastion installs, as four separate middleware: compare with the
-    ``bastion`` row to see what fusing them into one ``PipelineMiddleware`` saves."""
+    ``bastion-foundation`` row to see what fusing them into one ``PipelineMiddleware`` saves."""
     return _standalone_layers(context=True, boundary=True, ops=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import os
 import signal
 import sys
 from importlib.util import find_spec
@@ -139,6 +140,10 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_FAILED
+    if sys.stderr.isatty() and "format" not in settings.logging.model_fields_set:
+        # A person is watching: readable lines rather than JSON, unless the format was chosen.
+        # Set in the environment, so that every worker process makes the same choice.
+        os.environ["BASTION_LOGGING__FORMAT"] = "console"
     try:
         # The very app the server will serve: with one worker uvicorn imports this same module
         # object, so the banner describes exactly what runs.

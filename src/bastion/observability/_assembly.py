@@ -41,9 +41,9 @@ logger = logging.getLogger("bastion.observability")
 _DURATION = "http_server_request_duration_seconds"
 _NO_STORE = ((b"cache-control", b"no-store"),)
 _BEARER = b"bearer "
-# Process supervisors whose workers should share one metrics directory ("bastion" is
-# `bastion demo --workers N`, which runs uvicorn's supervisor in its own process).
-_SUPERVISORS = ("uvicorn", "gunicorn", "hypercorn", "granian", "bastion")
+# Process supervisors whose workers should share one metrics directory (and `bastion demo
+# --workers N`, which runs uvicorn's supervisor in its own process).
+_SUPERVISORS = ("uvicorn", "gunicorn", "hypercorn", "granian")
 
 
 def default_metrics_directory(*, base: Path | None = None) -> Path | None:
@@ -57,18 +57,31 @@ def default_metrics_directory(*, base: Path | None = None) -> Path | None:
     """
     parent = os.getppid()
     try:
-        arguments = Path(f"/proc/{parent}/cmdline").read_bytes().split(b"\0")[:3]
+        arguments = Path(f"/proc/{parent}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
         stat = Path(f"/proc/{parent}/stat").read_text()
     except OSError:
         return None
-    names = [Path(argument.decode(errors="replace")).name for argument in arguments]
-    if not any(name.startswith(_SUPERVISORS) for name in names):
+    if not _is_supervisor([argument.decode(errors="replace") for argument in arguments]):
         return None
     started = stat.rsplit(")", 1)[1].split()[19]  # field 22, counted after the command name
     root = (
         base if base is not None else Path(tempfile.gettempdir()) / f"bastion-metrics-{os.getuid()}"
     )
     return root / f"{parent}-{started}"
+
+
+def _is_supervisor(arguments: Sequence[str]) -> bool:
+    """Whether a command line runs a server supervisor (the program, not a wrapper like uv)."""
+    if not arguments:
+        return False
+    program = Path(arguments[0]).name
+    if program.startswith("python") and len(arguments) > 1:
+        # python -m uvicorn ..., or python /venv/bin/uvicorn ...
+        program = arguments[2] if arguments[1] == "-m" and len(arguments) > 2 else arguments[1]
+        program = Path(program).name
+    if program.startswith("bastion"):
+        return "--workers" in arguments  # only `bastion demo --workers N` supervises
+    return program.startswith(_SUPERVISORS)
 
 
 class Observability:

@@ -282,6 +282,10 @@ class StructuredFormatter(logging.Formatter):
         """One line for ``fields`` (``time`` in epoch seconds, ``level``, ``logger``, ...)."""
         raise NotImplementedError
 
+    def render_access(self, entry: _AccessEntry) -> str:
+        """One access line from what ``AccessLog.record`` queued."""
+        return self.render(_access_fields(entry))
+
     def format_timestamp(self, timestamp: float) -> str:
         """RFC 3339 UTC with milliseconds: ``2026-11-22T18:30:00.125Z``."""
         seconds = int(timestamp)
@@ -321,6 +325,47 @@ class JsonFormatter(StructuredFormatter):
                 default=self._default,
                 option=_JSON_OPTIONS,
             ).decode()
+
+    def render_access(self, entry: _AccessEntry) -> str:
+        """The access line built in one dict, in its final order: it is written per request,
+        so it skips the generic path's placeholder dict and merge."""
+        timestamp, level, context, raw_path, query, headers, duration_s, redactor = entry
+        path = raw_path.decode("latin-1") if raw_path else context.path
+        if "://" in path:  # a URL inside the path (a proxy route) may carry a password
+            path = redactor.redact_text(path)
+        if query:
+            path = f"{path}?{redactor.redact_query(query.decode('latin-1'))}"
+        status, route = context.status, context.route
+        user_agent = None
+        for key, value in headers or ():
+            if key == b"user-agent":
+                user_agent = value.decode("latin-1")
+                break
+        data = {
+            "time": self.format_timestamp(timestamp),
+            "level": level,
+            "logger": ACCESS_LOGGER,
+            "message": f"{context.method} {route or path} {status if status is not None else '-'}",
+            "service": self.service_name,
+            "request_id": context.request_id,
+            "trace_id": context.trace_id,
+            "span_id": context._span_id,
+            "route": route,
+            "principal": context.principal,
+            "method": context.method,
+            "path": path,
+            "status": status,
+            "duration_ms": round(duration_s * 1000, 3),
+            "bytes": context.response_bytes,
+            "client": context.client,
+            "user_agent": user_agent,
+        }
+        if not self.service_name:
+            del data["service"]
+        try:
+            return orjson.dumps(data, option=_JSON_OPTIONS).decode()
+        except (TypeError, orjson.JSONEncodeError):  # a principal object JSON cannot hold
+            return self.render(_access_fields(entry))
 
     def _default(self, value: Any) -> Any:
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
@@ -608,6 +653,7 @@ class LogSink:
     def _drain(self) -> None:
         items, formatter = self._items, self.formatter
         render, format_record = formatter.render, formatter.format
+        render_access = formatter.render_access
         while True:
             lines: list[str] = []
             markers: list[threading.Event] = []
@@ -619,7 +665,7 @@ class LogSink:
                     continue
                 try:
                     if kind is tuple:
-                        line = render(_access_fields(item))  # type: ignore[arg-type]
+                        line = render_access(item)  # type: ignore[arg-type]
                     elif kind is dict:
                         line = render(item)  # type: ignore[arg-type]
                     else:
@@ -740,7 +786,8 @@ def _access_fields(entry: _AccessEntry) -> dict[str, Any]:
         "message": f"{context.method} {route or path} {status if status is not None else '-'}",
         "request_id": context.request_id,
         "trace_id": context.trace_id,
-        "span_id": context.span_id,
+        # Only a span that exists: minting an id here would cost a system call per request.
+        "span_id": context._span_id,
         "route": route,
         "principal": context.principal,
         "method": context.method,

@@ -356,7 +356,7 @@ class MetricsRegistry:
             compact_dead(self.directory, self._monotonic())
             sources = scan_directory(self.directory)
         else:
-            sources = [(None, self.values.snapshot())]
+            sources = [(os.getpid(), self.values.snapshot())]
         for pid, data in sources:
             if pid is not None:
                 pids.append(pid)
