@@ -357,25 +357,14 @@ def _isolated_settings(**overrides: Any) -> Settings:
 
 
 def _log_file() -> Path:
-    """A fresh log file path in a temp directory of its own, removed when the process exits.
+    """A fresh log file path in a temp directory of its own, removed at process exit.
 
-    Each in-process app runs in its own worker process, and each HTTP server is a process of
-    its own, so the file lives as long as the app that writes it. (bastion opens the file
-    itself at startup, so it cannot be unlinked early as ``_access_log()`` does.)
+    The factory that calls it removes the directory as soon as bastion has opened the file (see
+    ``fastapi_bastion``); the ``atexit`` hook covers a process that builds the app without
+    starting it (``run.py`` builds every app once to report build errors).
     """
     directory = tempfile.mkdtemp(prefix="bastion-bench-log-")
     atexit.register(shutil.rmtree, directory, ignore_errors=True)
-    # DEBUG-TEMP
-    def _debug() -> None:
-        import sys
-        f = Path(directory) / "bastion.log"
-        if f.exists():
-            lines = f.read_text().splitlines()
-            access = [x for x in lines if '"logger":"bastion.access"' in x or "bastion.access" in x]
-            print(f"DEBUG {os.getpid()} {f}: {len(lines)} lines, {len(access)} access; first: {lines[0] if lines else None}; other: {[x for x in lines if 'bastion.access' not in x][:3]}", file=sys.stderr)
-        else:
-            print(f"DEBUG {os.getpid()} {f}: no file", file=sys.stderr)
-    atexit.register(_debug)
     return Path(directory) / "bastion.log"
 
 
@@ -413,17 +402,31 @@ def fastapi_bastion_foundation() -> ASGIApp:
 )
 def fastapi_bastion() -> ASGIApp:
     """Bare FastAPI wrapped by ``Bastion(app, settings=...)`` with its default settings (memory
-    store, settings from defaults only) except ``logging.file``, a temp file. What runs: the
-    foundation (lifespan, request context with its request id, error boundary, ops endpoints,
-    fused into one ``PipelineMiddleware``) plus the default observability stack: bastion's
-    logging configuration with the JSON access log, one line per request, queued by the request
-    and formatted and appended to the file by bastion's writer thread (nothing goes to stderr);
+    store, settings from defaults only) except ``logging.file``, a temp file (unlinked once
+    bastion has opened it; it still takes every write). What runs: the foundation (lifespan,
+    request context with its request id, error boundary, ops endpoints, fused into one
+    ``PipelineMiddleware``) plus the default observability stack: bastion's logging
+    configuration with the JSON access log, one line per request, queued by the request and
+    formatted and appended to the file by bastion's writer thread (nothing goes to stderr);
     Prometheus HTTP metrics (duration and body-size histograms, in-flight gauge, served at
     `/_bastion/metrics`); the event-loop lag monitor and the stats sampler. Tracing is off (the
     default): no span, no exporter."""
+    from bastion import Bastion
     from bastion.settings import LoggingSettings
 
-    return _bastion_app(logging=LoggingSettings(file=_log_file()))
+    log_file = _log_file()
+    app = _fastapi()
+    bastion = Bastion(app, settings=_isolated_settings(logging=LoggingSettings(file=log_file)))
+
+    async def remove_log_file() -> None:
+        # bastion opened the file when its observability resource opened, just before this one.
+        # Unlinked, the file still takes every write (the cost is real) and vanishes with the
+        # process, however it ends: a uvicorn server stopped with SIGTERM re-raises the signal
+        # after its shutdown, so its atexit hooks never run.
+        shutil.rmtree(log_file.parent, ignore_errors=True)
+
+    bastion.add_resource("bench-log-file", open=remove_log_file)
+    return app
 
 
 # -- per-layer breakdown of bastion (``--group breakdown``) ---------------------------------------
