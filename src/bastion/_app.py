@@ -18,7 +18,13 @@ from bastion._urls import redact_url
 from bastion.context import ContextBuilder
 from bastion.events import Hooks
 from bastion.exceptions import LifespanError, StoreError
-from bastion.health import HealthRegistry, health_endpoints, store_check
+from bastion.health import (
+    CheckResult,
+    HealthRegistry,
+    HealthStatus,
+    health_endpoints,
+    store_check,
+)
 from bastion.observability import Observability
 from bastion.settings import Settings, load_settings
 from bastion.stores import Store, store_from_url
@@ -98,14 +104,15 @@ class Bastion:
             groups=("ready",),
             critical=self.settings.stores.required_at_startup,
         )
+        self.observability = Observability(self.settings, hooks=self.hooks, clock=clock)
+        self.metrics = self.observability.registry
+        self.health.add("event_loop", self._loop_check, groups=("ready",), critical=False)
         self.shutdown_coordinator = ShutdownCoordinator(
             pre_stop_delay_s=self.settings.shutdown.pre_stop_delay_s,
             drain_timeout_s=self.settings.shutdown.drain_timeout_s,
             clock=clock,
         )
         self.shutdown_coordinator.on_drain(self.health.set_draining)
-        self.observability = Observability(self.settings, hooks=self.hooks, clock=clock)
-        self.metrics = self.observability.registry
         # Opened first and closed last: logging is configured before anything else logs, and
         # still writes while the rest shuts down.
         self._resources: list[_Resource] = [
@@ -179,6 +186,13 @@ class Bastion:
             raise LifespanError("could not close " + "; ".join(failures))
 
     # -- construction -----------------------------------------------------------------------
+
+    async def _loop_check(self) -> CheckResult:
+        """DEGRADED while the event loop is blocked for longer than the configured lag."""
+        lag = self.observability.loop_lag.take_max()
+        limit = self.settings.health.loop_lag_degraded_s
+        status = HealthStatus.DEGRADED if lag > limit else HealthStatus.UP
+        return CheckResult(status, {"max_lag_s": round(lag, 6), "degraded_above_s": limit})
 
     def _build_store(self) -> Store:
         stores = self.settings.stores

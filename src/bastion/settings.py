@@ -157,6 +157,9 @@ class HealthSettings(_Section):
     """Longest a single check may run before it counts as DOWN (checks run concurrently)."""
     cache_s: float = Field(1.0, ge=0)
     """How long a check result is reused, so probes from many load balancers cost one run."""
+    loop_lag_degraded_s: float = Field(1.0, gt=0)
+    """Readiness is DEGRADED while the event loop ran a timer later than this since the last
+    check: something blocks the loop (CPU-bound work, a synchronous call)."""
 
 
 class ShutdownSettings(_Section):

@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from bastion.health import HealthRegistry, HealthStatus, store_check
+from bastion.health import HealthRegistry, HealthStatus, sqlalchemy_check, store_check
 from bastion.stores import Store
 
 
@@ -42,3 +42,36 @@ async def test_store_check_is_down_when_redis_is_unreachable() -> None:
         await store.aclose()
     assert HealthStatus.DOWN == report.status
     assert "StoreUnavailable" == report.checks[0].error
+
+
+@pytest.mark.anyio
+async def test_sqlalchemy_check_is_up_with_pool_details() -> None:
+    """An engine that runs SELECT 1 is UP; the details name the backend and the pool."""
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = create_async_engine("sqlite+aiosqlite://")
+    try:
+        registry = HealthRegistry()
+        registry.add("database", sqlalchemy_check(engine))
+        report = await registry.evaluate("ready")
+    finally:
+        await engine.dispose()
+    assert HealthStatus.UP == report.status
+    assert "sqlite" == report.checks[0].details["database"]
+    assert "pool" in report.checks[0].details
+
+
+@pytest.mark.anyio
+async def test_sqlalchemy_check_is_down_when_postgres_is_unreachable() -> None:
+    """A PostgreSQL engine on a closed port is DOWN with the driver's error type."""
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = create_async_engine(f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/test")
+    try:
+        registry = HealthRegistry()
+        registry.add("database", sqlalchemy_check(engine))
+        report = await registry.evaluate("ready")
+    finally:
+        await engine.dispose()
+    assert HealthStatus.DOWN == report.status
+    assert report.checks[0].error is not None

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import orjson
 import pytest
 from fastapi import FastAPI
 
 from bastion import Bastion, Settings
-from bastion.observability._assembly import _is_supervisor
+from bastion.observability._assembly import _is_supervisor, prune_stale_directories
 from bastion.testing import lifespan
 
 
@@ -155,3 +157,33 @@ class TestThroughBastion:
         assert 7 == lines[0]["album_id"]
         for secret in ("header-s3cret", "cookie-s3cret", "qs-s3cret"):
             assert secret not in raw
+
+    @pytest.mark.anyio
+    async def test_a_blocked_event_loop_makes_readiness_degraded(self, tmp_path: Path) -> None:
+        """Blocking the loop longer than the limit: readiness warns (200), then recovers."""
+        app = make_app(tmp_path, health={"cache_s": 0, "loop_lag_degraded_s": 0.2})
+        async with serving(app) as client:
+            time.sleep(1.2)  # noqa: ASYNC251 - the point: block the loop the monitor runs on
+            await anyio.sleep(0.1)  # let the monitor wake, late, and measure it
+            blocked = await client.get("/_bastion/health/ready")
+            recovered = await client.get("/_bastion/health/ready")
+
+        assert (200, "warn") == (blocked.status_code, blocked.json()["status"])
+        assert (200, "pass") == (recovered.status_code, recovered.json()["status"])
+
+
+def test_directories_of_finished_servers_are_pruned(tmp_path: Path) -> None:
+    """A directory named after a supervisor that is gone is deleted; a live one is kept."""
+    stat = Path(f"/proc/{os.getpid()}/stat").read_text()
+    started = stat.rsplit(")", 1)[1].split()[19]
+    alive = tmp_path / f"{os.getpid()}-{started}"
+    reused_pid = tmp_path / f"{os.getpid()}-1"  # our pid, another start time: a reused pid
+    gone = tmp_path / "4194999-12345"
+    for directory in (alive, reused_pid, gone):
+        directory.mkdir()
+        (directory / "archive.json").write_text("{}")
+
+    removed = prune_stale_directories(tmp_path)
+
+    assert {reused_pid, gone} == set(removed)
+    assert [alive] == list(tmp_path.iterdir())

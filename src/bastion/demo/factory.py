@@ -16,6 +16,7 @@ from fastapi.responses import RedirectResponse
 from bastion import Bastion
 from bastion.demo.db import DEFAULT_DATABASE_URL, Database
 from bastion.demo.routers import ROUTERS
+from bastion.health import sqlalchemy_check
 
 if TYPE_CHECKING:
     from bastion.settings import Settings
@@ -52,6 +53,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     database = Database(bastion.settings.database_url or DEFAULT_DATABASE_URL)
     app.state.database = database
     bastion.add_resource("database", open=database.open, close=database.close)
+    # The catalog cannot answer without its database: not ready while it does not.
+    bastion.health.add("database", sqlalchemy_check(database.engine), groups=("ready",))
     for router in ROUTERS:
         app.include_router(router)
 

@@ -12,7 +12,7 @@ See ``docs/health.md``.
 
 from __future__ import annotations
 
-from bastion.health._checks import store_check
+from bastion.health._checks import sqlalchemy_check, store_check
 from bastion.health._endpoints import HEALTH_CONTENT_TYPE, health_body, health_endpoints
 from bastion.health._model import (
     GROUPS,
@@ -37,5 +37,6 @@ __all__ = [
     "HealthStatus",
     "health_body",
     "health_endpoints",
+    "sqlalchemy_check",
     "store_check",
 ]

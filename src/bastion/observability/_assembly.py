@@ -14,6 +14,7 @@ import contextlib
 import hmac
 import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -34,7 +35,7 @@ from bastion.observability.telemetry import HttpMetrics, Telemetry, event_metric
 from bastion.settings import Settings
 from bastion.types import Receive, Scope, Send
 
-__all__ = ["Observability", "default_metrics_directory"]
+__all__ = ["Observability", "default_metrics_directory", "prune_stale_directories"]
 
 logger = logging.getLogger("bastion.observability")
 
@@ -63,11 +64,32 @@ def default_metrics_directory(*, base: Path | None = None) -> Path | None:
         return None
     if not _is_supervisor([argument.decode(errors="replace") for argument in arguments]):
         return None
-    started = stat.rsplit(")", 1)[1].split()[19]  # field 22, counted after the command name
-    root = (
-        base if base is not None else Path(tempfile.gettempdir()) / f"bastion-metrics-{os.getuid()}"
-    )
-    return root / f"{parent}-{started}"
+    if base is None:
+        base = Path(tempfile.gettempdir()) / f"bastion-metrics-{os.getuid()}"
+    return base / f"{parent}-{_start_time(stat)}"
+
+
+def _start_time(stat: str) -> str:
+    return stat.rsplit(")", 1)[1].split()[19]  # field 22, counted after the command name
+
+
+def prune_stale_directories(root: Path) -> list[Path]:
+    """Delete the metrics directories of supervisors that are gone (from earlier servers).
+
+    A directory is named ``<pid>-<start time>``; it is stale when no process with that PID
+    and start time exists. Returns the directories deleted.
+    """
+    removed = []
+    for directory in root.glob("*-*"):
+        pid, _, started = directory.name.partition("-")
+        try:
+            alive = _start_time(Path(f"/proc/{pid}/stat").read_text()) == started
+        except (OSError, IndexError):
+            alive = False
+        if not alive and directory.is_dir():
+            shutil.rmtree(directory, ignore_errors=True)
+            removed.append(directory)
+    return removed
 
 
 def _is_supervisor(arguments: Sequence[str]) -> bool:
@@ -198,7 +220,11 @@ class Observability:
             self.tracing = Tracing(provider, set_global=settings.tracing.global_provider)
             self.telemetry.tracing = self.tracing
         if settings.metrics.enabled:
-            directory = settings.metrics.directory or default_metrics_directory()
+            directory = settings.metrics.directory
+            if directory is None:
+                directory = default_metrics_directory()
+                if directory is not None:
+                    prune_stale_directories(directory.parent)
             if directory is not None:
                 self.registry.share(directory)
                 logger.info("metrics shared with sibling workers in %s", directory)
