@@ -19,6 +19,7 @@ from fastapi import FastAPI
 from bastion import Bastion, Settings
 from bastion.observability._assembly import _is_supervisor, prune_stale_directories
 from bastion.testing import lifespan
+from tests.test_server import free_port
 
 
 @pytest.mark.parametrize(
@@ -187,3 +188,19 @@ def test_directories_of_finished_servers_are_pruned(tmp_path: Path) -> None:
 
     assert {reused_pid, gone} == set(removed)
     assert [alive] == list(tmp_path.iterdir())
+
+
+@pytest.mark.anyio
+async def test_metrics_are_also_served_on_their_own_port(tmp_path: Path) -> None:
+    """With a metrics port, GET /metrics there answers the same scrape; other paths 404."""
+    port = free_port()
+    app = make_app(tmp_path, metrics={"port": port})
+    async with serving(app) as client:
+        await client.get("/albums/1")
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as direct:
+            scrape = await direct.get("/metrics")
+            missing = await direct.get("/albums/1")
+
+    assert 200 == scrape.status_code
+    assert 'route="/albums/{album_id}"' in scrape.text
+    assert 404 == missing.status_code
