@@ -242,6 +242,7 @@ class StructuredFormatter(logging.Formatter):
         self.service_name = service_name
         self.redactor = Redactor(redact)
         self._second: tuple[int, str] = (-1, "")
+        self._millisecond: tuple[int, str] = (-1, "")
 
     def format(self, record: logging.LogRecord) -> str:
         """The record as one line (plus traceback lines, for the console)."""
@@ -288,12 +289,18 @@ class StructuredFormatter(logging.Formatter):
 
     def format_timestamp(self, timestamp: float) -> str:
         """RFC 3339 UTC with milliseconds: ``2026-11-22T18:30:00.125Z``."""
-        seconds = int(timestamp)
+        milliseconds = int(timestamp * 1000)
+        cached_ms, text = self._millisecond
+        if cached_ms == milliseconds:  # under load, many lines share a millisecond
+            return text
+        seconds, fraction = divmod(milliseconds, 1000)
         cached_second, prefix = self._second
         if cached_second != seconds:
             prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
             self._second = (seconds, prefix)  # one tuple: consistent if two threads format
-        return f"{prefix}.{int((timestamp - seconds) * 1000):03d}Z"
+        text = f"{prefix}.{fraction:03d}Z"
+        self._millisecond = (milliseconds, text)
+        return text
 
 
 class JsonFormatter(StructuredFormatter):
