@@ -387,17 +387,18 @@ def fastapi_bastion_foundation() -> ASGIApp:
     ``logging.configure=False``, ``logging.access_log=False`` (tracing is off by default). What
     runs: lifespan, request context, error boundary, ops endpoints, fused into one
     ``PipelineMiddleware`` installed with ``add_middleware``; served as the FastAPI app itself."""
-    from bastion.settings import LoggingSettings, MetricsSettings
+    from bastion.settings import CompressionSettings, LoggingSettings, MetricsSettings
 
     return _bastion_app(
         metrics=MetricsSettings(enabled=False),
         logging=LoggingSettings(configure=False, access_log=False),
+        compression=CompressionSettings(enabled=False),
     )
 
 
 @register(
     "bastion",
-    title="FastAPI + Bastion (default stack, log to a file)",
+    title="FastAPI + Bastion (observability stack, log to a file)",
     groups=("foundation", "breakdown", "observability"),
 )
 def fastapi_bastion() -> ASGIApp:
@@ -410,13 +411,19 @@ def fastapi_bastion() -> ASGIApp:
     formatted and appended to the file by bastion's writer thread (nothing goes to stderr);
     Prometheus HTTP metrics (duration and body-size histograms, in-flight gauge, served at
     `/_bastion/metrics`); the event-loop lag monitor and the stats sampler. Tracing is off (the
-    default): no span, no exporter."""
+    default): no span, no exporter. Compression is off, so the row measures the observability
+    stack the budget speaks of, not capabilities added later."""
     from bastion import Bastion
-    from bastion.settings import LoggingSettings
+    from bastion.settings import CompressionSettings, LoggingSettings
 
     log_file = _log_file()
     app = _fastapi()
-    bastion = Bastion(app, settings=_isolated_settings(logging=LoggingSettings(file=log_file)))
+    bastion = Bastion(
+        app,
+        settings=_isolated_settings(
+            logging=LoggingSettings(file=log_file), compression=CompressionSettings(enabled=False)
+        ),
+    )
 
     async def remove_log_file() -> None:
         # bastion opened the file when its observability resource opened, just before this one.

@@ -469,3 +469,25 @@ async def test_health_details_need_the_admin_key() -> None:
         )
     assert "checks" not in anonymous.json()
     assert "store" in admin.json()["checks"]
+
+
+@pytest.mark.anyio
+async def test_responses_are_compressed_inside_bastions_layers() -> None:
+    """A large response is compressed for a client that accepts br; ops endpoints never are."""
+    app = FastAPI()
+    Bastion(app, settings(compression={"minimum_size": 100}))
+
+    @app.get("/albums")
+    async def albums() -> list[dict[str, object]]:
+        """Enough JSON to be worth compressing."""
+        return [{"id": number, "title": f"Album {number}"} for number in range(50)]
+
+    async with client_for(app) as client:
+        headers = {"Accept-Encoding": "br"}
+        response = await client.get("/albums", headers=headers)
+        ops = await client.get("/_bastion/metrics", headers=headers)
+
+    assert "br" == response.headers["content-encoding"]
+    assert response.headers["x-request-id"]
+    assert 50 == len(response.json())  # httpx decodes br with the brotli package
+    assert "content-encoding" not in ops.headers

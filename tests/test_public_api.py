@@ -13,6 +13,7 @@ import bastion
 
 PUBLIC_MODULES = [
     "bastion",
+    "bastion.compression",
     "bastion.context",
     "bastion.events",
     "bastion.exceptions",

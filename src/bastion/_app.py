@@ -277,6 +277,16 @@ class Bastion:
             "observer": self.observability.telemetry,
         }
 
+    def _inner_layers(self) -> list[tuple[type[Any], dict[str, Any]]]:
+        """The capability layers below the pipeline, innermost first (DESIGN §4, read upward)."""
+        settings = self.settings
+        layers: list[tuple[type[Any], dict[str, Any]]] = []
+        if settings.compression.enabled:
+            from bastion.compression import CompressionMiddleware, compression_options
+
+            layers.append((CompressionMiddleware, compression_options(settings.compression)))
+        return layers
+
     def _install(self, app: ASGIApp) -> ASGIApp:
         options = self._pipeline_options()
         add_middleware = getattr(app, "add_middleware", None)
@@ -289,8 +299,13 @@ class Bastion:
 
             install_problem_handlers(app)
             replace_server_error_middleware(app)
+            # add_middleware puts each layer outside the ones added before it.
+            for layer, layer_options in self._inner_layers():
+                add_middleware(layer, **layer_options)
             add_middleware(PipelineMiddleware, **options, responder=app_error_responder(app))
             if hasattr(app, "state"):
                 app.state.bastion = self
             return app
+        for layer, layer_options in self._inner_layers():
+            app = layer(app, **layer_options)
         return PipelineMiddleware(app, **options)

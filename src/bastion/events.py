@@ -27,6 +27,8 @@ __all__ = [
     "Event",
     "Hook",
     "Hooks",
+    "RateLimitStoreFailure",
+    "RateLimited",
     "StoreDown",
     "StoreUp",
     "UnhandledError",
@@ -76,6 +78,42 @@ class UnhandledError(Event):
     """Qualified name of the exception class."""
     response_started: bool
     """True when the response had already started, so the connection was closed instead."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RateLimited(Event):
+    """A request was refused with 429 because a rate limit's quota was spent.
+
+    The client's address is never part of the event: ``partition`` is a short digest of the
+    client's key (principal or IP), enough to group refusals by offender without storing IPs.
+    """
+
+    policies: tuple[str, ...]
+    """Names of the quotas that refused the request (as in ``RateLimit-Policy``)."""
+    method: str
+    """HTTP method of the request."""
+    route: str | None
+    """Route template, or ``None`` when no route matched."""
+    principal: str | None
+    """Who was limited, when authentication set a principal (an API key id, a user id)."""
+    partition: str
+    """16 hex digits of a BLAKE2b digest of the rate-limit key."""
+    retry_after_s: float
+    """Seconds until the request would be admitted."""
+    cost: int
+    """The request's cost in quota units."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RateLimitStoreFailure(Event):
+    """A rate-limit decision could not reach its store; the outage policy decided instead."""
+
+    store: str
+    """Name of the store (``"redis"``)."""
+    on_store_error: str
+    """The policy applied: ``fail_open``, ``fail_closed`` or ``local_fallback``."""
+    error: str
+    """The store's error, as text (never contains credentials)."""
 
 
 E = TypeVar("E", bound=Event)

@@ -38,11 +38,13 @@ from bastion._urls import redact_url
 from bastion.exceptions import ConfigurationError
 
 __all__ = [
+    "CompressionSettings",
     "ContextSettings",
     "HealthSettings",
     "LoggingSettings",
     "MetricsSettings",
     "OpsSettings",
+    "RateLimitSettings",
     "Settings",
     "ShutdownSettings",
     "StatsSettings",
@@ -305,6 +307,110 @@ class TracingSettings(_Section):
     instrumentations (httpx, SQLAlchemy) and ``trace.get_tracer()`` export through it."""
 
 
+class CompressionSettings(_Section):
+    """Response compression: br, zstd, gzip (``BASTION_COMPRESSION__*``)."""
+
+    enabled: bool = True
+    """Compress responses for clients that accept it (see docs/compression.md for BREACH)."""
+    minimum_size: int = Field(1024, ge=0)
+    """Bodies smaller than this many bytes are sent uncompressed."""
+    encodings: Annotated[list[Literal["br", "zstd", "gzip"]] | None, NoDecode] = None
+    """Codings to offer, most preferred first, comma-separated. Unset: br, zstd and gzip, each
+    if its library is installed; a coding listed here must be installed."""
+    gzip_level: int = Field(6, ge=1, le=9)
+    """gzip level, 1 (fast) to 9 (small)."""
+    brotli_level: int = Field(4, ge=0, le=11)
+    """Brotli quality, 0 to 11; above 6 it gets much slower for little gain on the fly."""
+    zstd_level: int = Field(3, ge=1, le=19)
+    """Zstandard level, 1 to 19 (higher would exceed the 8 MB window browsers accept)."""
+    exclude: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Regular expressions matched at the start of the path; matching requests are never
+    compressed, comma-separated. Security: list routes that mix secrets and user input."""
+    thread_minimum_size: int = Field(128 * 1024, gt=0)
+    """Bodies or chunks of at least this many bytes are compressed in a worker thread."""
+    compress_cross_site: bool = True
+    """Compress responses to requests a browser marks ``Sec-Fetch-Site: cross-site``.
+    Security: false denies BREACH its usual attack path, at some cost (see the docs)."""
+
+    _split = field_validator("encodings", "exclude", mode="before")(_split_commas)
+
+    @field_validator("encodings")
+    @classmethod
+    def _distinct(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and (not value or len(set(value)) != len(value)):
+            raise ValueError("must list br, zstd or gzip, each at most once")
+        return value
+
+    @field_validator("exclude")
+    @classmethod
+    def _patterns(cls, value: list[str]) -> list[str]:
+        import re
+
+        for pattern in value:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"{pattern!r} is not a valid regular expression: {exc}") from None
+        return value
+
+
+class RateLimitSettings(_Section):
+    """Rate limiting by client and route (``BASTION_RATELIMIT__*``); see docs/ratelimit.md.
+
+    Rates read ``COUNT/[N]UNIT``, several joined by ``;``: ``100/minute``, ``5/10s``,
+    ``10/second;1000/hour``, ``10/second burst 50`` (GCRA). They are checked when ``Bastion``
+    starts; an invalid one fails it with the variable's name.
+    """
+
+    enabled: bool = True
+    """Install the rate-limit middleware (``limit()`` dependencies work either way)."""
+    rate: str | None = None
+    """Default limit per client and route, for requests that no rule matches. Unset: none."""
+    global_rate: str | None = None
+    """Limit per client shared by all routes, checked on every request on top of the others."""
+    rules: Annotated[list[str | dict[str, Any]], NoDecode] = Field(default_factory=list)
+    """Limits by route template or path pattern, a JSON list; the first match replaces
+    ``rate``: ``["/search/*=10/second", {"path": "POST /upload", "rate": "5/minute",
+    "cost": 2, "name": "upload", "per_route": false, "algorithm": "gcra"}]``."""
+    exclude: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Route templates or path patterns never limited by the middleware, comma-separated
+    (``*`` matches anything: ``/docs*,/static/*``)."""
+    algorithm: Literal["fixed_window", "sliding_window", "gcra"] = "sliding_window"
+    """How quotas are counted: ``sliding_window`` (smooth; the default), ``fixed_window``
+    (calendar windows; bursts of up to twice the quota across an edge) or ``gcra`` (token
+    bucket: a burst, then a sustained rate)."""
+    on_store_error: Literal["fail_open", "fail_closed", "local_fallback"] = "fail_open"
+    """When Redis fails: admit requests (``fail_open``, logged once per outage), refuse them with
+    503 (``fail_closed``), or count in each process with quotas divided by
+    ``expected_workers`` (``local_fallback``)."""
+    expected_workers: int = Field(1, gt=0)
+    """How many processes share the limits through Redis (all hosts together); used by
+    ``local_fallback`` only."""
+    headers: bool = True
+    """Send ``RateLimit-Policy`` and ``RateLimit`` on responses (``Retry-After`` always goes
+    with a refusal)."""
+    memory_max_keys: int = Field(100_000, gt=0)
+    """Most (client, quota) counters the in-process backend holds before evicting the least
+    recently used."""
+
+    _split = field_validator("exclude", mode="before")(_split_commas)
+
+    @field_validator("rules", mode="before")
+    @classmethod
+    def _json_rules(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        import json
+
+        try:
+            return json.loads(value) if value.strip() else []
+        except ValueError:
+            raise ValueError(
+                'must be a JSON list such as ["/search/*=10/second", '
+                '{"path": "POST /upload", "rate": "5/minute"}]'
+            ) from None
+
+
 class Settings(BaseSettings):
     """All of bastion's settings. Build with ``load_settings()`` to get readable errors."""
 
@@ -336,6 +442,8 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     stats: StatsSettings = Field(default_factory=StatsSettings)
     tracing: TracingSettings = Field(default_factory=TracingSettings)
+    ratelimit: RateLimitSettings = Field(default_factory=RateLimitSettings)
+    compression: CompressionSettings = Field(default_factory=CompressionSettings)
 
     @field_validator("redis_url")
     @classmethod
