@@ -19,6 +19,7 @@ PUBLIC_MODULES = [
     "bastion.exceptions",
     "bastion.health",
     "bastion.problem",
+    "bastion.ratelimit",
     "bastion.settings",
     "bastion.stores",
     "bastion.testing",

@@ -105,6 +105,13 @@ class Bastion:
             critical=self.settings.stores.required_at_startup,
         )
         self.observability = Observability(self.settings, hooks=self.hooks, clock=clock)
+        from bastion.ratelimit import RateLimitMiddleware
+
+        # Built even without configured limits: ``bastion.limit(...)`` dependencies use it.
+        self._ratelimit_options = RateLimitMiddleware.options_from_settings(
+            self.settings.ratelimit, store=self.store, hooks=self.hooks, clock=clock
+        )
+        self.ratelimiter = self._ratelimit_options["limiter"]
         self.metrics = self.observability.registry
         self.health.add("event_loop", self._loop_check, groups=("ready",), critical=False)
         self.shutdown_coordinator = ShutdownCoordinator(
@@ -135,6 +142,16 @@ class Bastion:
         """Open ``open`` at startup (after resources added before it) and ``close`` at shutdown
         (in reverse order). A failure to open stops the startup with ``name`` in the message."""
         self._resources.append(_Resource(name, open, close))
+
+    def limit(self, rates: str, /, **options: Any) -> Any:
+        """A FastAPI dependency limiting a route: ``dependencies=[bastion.limit("100/minute")]``.
+
+        Shares bastion's limiter (its store, outage policy and events); ``options`` are those of
+        ``bastion.ratelimit.limit`` (``key``, ``cost``, ``name``, ``algorithm``, ``per_route``).
+        """
+        from bastion.ratelimit import limit
+
+        return limit(rates, limiter=self.ratelimiter, **options)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve the wrapped app through bastion's pipeline (for non-Starlette apps)."""
@@ -285,6 +302,13 @@ class Bastion:
             from bastion.compression import CompressionMiddleware, compression_options
 
             layers.append((CompressionMiddleware, compression_options(settings.compression)))
+        limits = settings.ratelimit
+        if limits.enabled and (limits.rate or limits.global_rate or limits.rules):
+            # Only when limits are configured: with none, the layer would cost every request
+            # and decide nothing (route dependencies from ``bastion.limit`` work without it).
+            from bastion.ratelimit import RateLimitMiddleware
+
+            layers.append((RateLimitMiddleware, self._ratelimit_options))
         return layers
 
     def _install(self, app: ASGIApp) -> ASGIApp:
@@ -296,15 +320,18 @@ class Bastion:
                 install_problem_handlers,
                 replace_server_error_middleware,
             )
+            from bastion.ratelimit import RateLimitRefused, rate_limit_problem
 
             install_problem_handlers(app)
             replace_server_error_middleware(app)
+            app.add_exception_handler(RateLimitRefused, rate_limit_problem)  # type: ignore[attr-defined]
             # add_middleware puts each layer outside the ones added before it.
             for layer, layer_options in self._inner_layers():
                 add_middleware(layer, **layer_options)
             add_middleware(PipelineMiddleware, **options, responder=app_error_responder(app))
             if hasattr(app, "state"):
                 app.state.bastion = self
+                app.state.bastion_ratelimiter = self.ratelimiter
             return app
         for layer, layer_options in self._inner_layers():
             app = layer(app, **layer_options)

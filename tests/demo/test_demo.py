@@ -190,6 +190,20 @@ async def test_duplicate_artist_name_is_a_409_problem(client: httpx.AsyncClient)
     assert seed.ARTIST_COUNT == (await client.get("/artists")).json()["total"]
 
 
+async def test_artist_writes_are_rate_limited(client: httpx.AsyncClient) -> None:
+    """The demo's write route allows ten creations a minute per client, then answers 429."""
+    statuses = [
+        (await client.post("/artists", json={"name": f"Limited {number}"})).status_code
+        for number in range(11)
+    ]
+    refused = await client.post("/artists", json={"name": "One too many"})
+
+    assert [201] * 10 + [429] == statuses
+    assert "application/problem+json" == refused.headers["content-type"]
+    assert '"artist-writes-1m";q=10;w=60' in refused.headers["ratelimit-policy"]
+    assert seed.ARTIST_COUNT + 10 == (await client.get("/artists")).json()["total"]
+
+
 @pytest.mark.parametrize(
     "payload",
     [

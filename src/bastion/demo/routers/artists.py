@@ -11,6 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from bastion.demo.models import MAX_ID, Artist
 from bastion.demo.routers.deps import PageDep, SessionDep, problem_responses
 from bastion.demo.schemas import ArtistCreate, ArtistOut, Page
+from bastion.ratelimit import limit
 
 __all__ = ["router"]
 
@@ -43,7 +44,14 @@ async def get_artist(artist_id: ArtistId, session: SessionDep) -> ArtistOut:
     return ArtistOut.model_validate(artist)
 
 
-@router.post("", status_code=201, responses=problem_responses(409, 422))
+@router.post(
+    "",
+    status_code=201,
+    responses=problem_responses(409, 422, 429),
+    # Writes are limited per client (or per API key, once authentication sets the principal),
+    # through the limiter Bastion built: Redis-wide when BASTION_REDIS_URL is set.
+    dependencies=[limit("10/minute; 100/hour", name="artist-writes")],
+)
 async def create_artist(
     body: ArtistCreate, session: SessionDep, request: Request, response: Response
 ) -> ArtistOut:

@@ -1,0 +1,446 @@
+"""``RateLimitMiddleware``: limits by route and path pattern, before the framework routes.
+
+Each request is checked against at most two limits, in one atomic decision: the ``global_rate``
+(one budget per client shared by every route), and its route limit: the first ``rules`` entry
+whose pattern matches, else the default ``rate``. Allowed responses carry ``RateLimit-Policy`` and
+``RateLimit``; refused ones are a problem+json 429 with ``Retry-After`` as well.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from bastion._routes import AppRouteResolver, RouteResolver
+from bastion.context import SCOPE_KEY, RequestContext
+from bastion.exceptions import ConfigurationError
+from bastion.ratelimit._http import (
+    DECISIONS_SCOPE_KEY,
+    LIMITER_SCOPE_KEY,
+    KeyFunc,
+    client_key,
+    decision_headers,
+    send_refusal,
+)
+from bastion.ratelimit._limiter import Decision, RateLimiter, key_tail, state_value
+from bastion.ratelimit._rates import ALGORITHMS, Algorithm, CompiledQuota, Limit
+from bastion.types import ASGIApp, Message, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from bastion._clock import Clock
+    from bastion.events import Hooks
+    from bastion.settings import RateLimitSettings
+    from bastion.stores import Store
+
+__all__ = ["RateLimitMiddleware", "Rule"]
+
+_METHODS = re.compile(r"[A-Z]+(?:,[A-Z]+)*")
+_MEMO_LIMIT = 4096
+_UNMATCHED = "*"
+
+
+class _Pattern:
+    """``[METHODS ]PATTERN``: ``*`` matches any characters (``/`` included), the rest is literal."""
+
+    __slots__ = ("match", "methods", "text")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        methods, _, path = text.strip().rpartition(" ")
+        methods = methods.strip()
+        if methods and not _METHODS.fullmatch(methods):
+            raise ConfigurationError(
+                f"invalid pattern {text!r}: expected '[METHODS ]PATTERN' such as '/search/*' or "
+                "'GET,POST /items/{id}' (methods in capitals, comma-separated)"
+            )
+        if not (path.startswith("/") or path == "*"):
+            raise ConfigurationError(
+                f"invalid pattern {text!r}: the path pattern must start with '/' or be '*'"
+            )
+        self.methods = frozenset(methods.split(",")) if methods else None
+        regex = ".*".join(re.escape(part) for part in path.split("*"))
+        self.match = re.compile(regex).fullmatch
+
+    def matches(self, method: str, target: str) -> bool:
+        methods = self.methods
+        return (methods is None or method in methods) and self.match(target) is not None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Rule:
+    """A limit for the requests whose route template (or path) matches a pattern.
+
+    Example::
+
+        Rule(path="/search/*", rate="10/second; 500/hour")
+        Rule(path="POST,PUT /uploads/{id}", rate="5/minute", cost=2, name="uploads")
+        Rule.parse("/reports/*=1/second burst 5")     # the settings shorthand
+
+    Patterns match the route template (``/items/{id}``) when bastion's request context resolved
+    one, else the raw path; ``*`` matches any characters, ``/`` included; an optional list of
+    methods comes first.
+    """
+
+    path: str
+    """``[METHODS ]PATTERN``, e.g. ``/search/*`` or ``GET,HEAD /items/{id}``."""
+    rate: str
+    """The quotas: ``"10/second; 1000/hour"`` (see ``parse_rates``)."""
+    name: str | None = None
+    """Policy name in the headers and in the counters' keys; defaults to the pattern."""
+    algorithm: Algorithm | None = None
+    """Counting algorithm; defaults to the middleware's."""
+    per_route: bool = True
+    """Count per route and method; ``False`` shares one budget by every route matched."""
+    cost: int = 1
+    """Units each matching request spends."""
+
+    @classmethod
+    def parse(cls, text: str) -> Rule:
+        """Parse the shorthand ``"[METHODS ]PATTERN=RATES"``.
+
+        Raises:
+            ConfigurationError: if there is no ``=`` or a part is invalid.
+        """
+        path, separator, rate = text.partition("=")
+        if not separator or not path.strip() or not rate.strip():
+            raise ConfigurationError(
+                f"invalid rule {text!r}: expected '[METHODS ]PATTERN=RATES' such as "
+                "'/search/*=10/second' or 'POST /upload=5/minute'"
+            )
+        return cls(path=path.strip(), rate=rate.strip())
+
+    @classmethod
+    def from_value(cls, value: Rule | str | Mapping[str, Any]) -> Rule:
+        """A rule from a ``Rule``, the shorthand string, or a mapping of its fields.
+
+        Raises:
+            ConfigurationError: if the value is none of those or a field is invalid.
+        """
+        if isinstance(value, Rule):
+            return value
+        if isinstance(value, str):
+            return cls.parse(value)
+        if isinstance(value, Mapping):
+            try:
+                return cls(**value)
+            except TypeError as exc:
+                raise ConfigurationError(
+                    f"invalid rule {dict(value)!r}: {exc}; fields are path, rate, name, "
+                    "algorithm, per_route and cost"
+                ) from None
+        raise ConfigurationError(f"invalid rule {value!r}: expected a string or a mapping")
+
+
+class _CompiledRule:
+    __slots__ = ("cost", "limit", "pattern")
+
+    def __init__(self, rule: Rule, default_algorithm: Algorithm) -> None:
+        self.pattern = _Pattern(rule.path)
+        algorithm = rule.algorithm if rule.algorithm is not None else default_algorithm
+        cost: object = rule.cost  # rules from JSON may hold anything
+        if not isinstance(cost, int) or isinstance(cost, bool) or cost < 0:
+            raise ConfigurationError(f"rule {rule.path!r}: cost must be an integer >= 0")
+        self.cost = rule.cost
+        self.limit = Limit(
+            rule.rate,
+            name=rule.name or rule.path.strip(),
+            algorithm=algorithm,
+            per_route=rule.per_route,
+        )
+
+
+class _Plan:
+    """What applies to one (method, route): the limits, and everything about them that does not
+    depend on the client, computed once per route: key tails, quotas, costs, the policy value."""
+
+    __slots__ = ("costs", "limits", "policy", "quotas", "tails")
+
+    def __init__(self, limits: tuple[tuple[Limit, int], ...], scope_name: str = "") -> None:
+        self.limits = limits
+        self.policy = ", ".join(limit.policy_header for limit, _ in limits).encode("latin-1")
+        self.tails: list[str] = []
+        self.quotas: list[CompiledQuota] = []
+        self.costs: list[int] = []
+        for limit, cost in limits:
+            tail = key_tail(limit, scope_name if limit.per_route else "")
+            for quota in limit.compiled:
+                self.tails.append(tail + quota.suffix)
+                self.quotas.append(quota)
+                self.costs.append(cost)
+
+
+_NOTHING = _Plan(())
+
+
+class RateLimitMiddleware:
+    """Rate limits by client, route and path pattern, with the IETF ``RateLimit`` headers.
+
+    Example::
+
+        app.add_middleware(RateLimitMiddleware, rate="100/minute")
+        app.add_middleware(
+            RateLimitMiddleware,
+            limiter=RateLimiter(RedisStore.from_url(url), on_store_error="local_fallback"),
+            global_rate="5000/hour",
+            rules=[Rule(path="/search*", rate="10/second; 300/hour")],
+        )
+
+    The middleware puts its limiter in the scope (``scope["bastion.ratelimiter"]``), where the
+    ``limit()`` FastAPI dependency finds it, and adds the dependencies' ``RateLimit`` headers to
+    the response, even when the endpoint returns a ``Response`` of its own.
+
+    Args:
+        app: the ASGI app to wrap.
+        rate: the default limit per client and route, for requests no rule matches.
+        global_rate: a limit per client shared by every route, checked on every request.
+        rules: limits by pattern (``Rule``, ``"PATTERN=RATES"`` or a mapping); the first match
+            applies instead of ``rate``.
+        limiter: where and how decisions are made; a process-local memory limiter by default.
+        algorithm: the algorithm of ``rate``, ``global_rate`` and rules that name none.
+        key: whose budget a request spends; default: the principal, else the client address
+            (``client_key``). Return ``None`` to leave a request unlimited.
+        exclude: requests never limited here: patterns as in ``Rule.path``, or a predicate.
+        headers: add ``RateLimit-Policy`` and ``RateLimit`` to responses.
+        route_resolver: finds route templates when no ``RequestContext`` is present (bastion's
+            context middleware resolves them otherwise). By default, read from the Starlette or
+            FastAPI app in ``scope["app"]``. Without a template, every route shares one budget
+            per rule: limits by raw path could be dodged by varying an id.
+
+    Raises:
+        ConfigurationError: for an invalid rate, rule, pattern or algorithm.
+    """
+
+    __slots__ = (
+        "_exclude",
+        "_exclude_patterns",
+        "_global",
+        "_headers",
+        "_key",
+        "_memo",
+        "_rate",
+        "_resolver",
+        "_rules",
+        "app",
+        "limiter",
+    )
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        /,
+        *,
+        rate: str | Limit | None = None,
+        global_rate: str | Limit | None = None,
+        rules: Iterable[Rule | str | Mapping[str, Any]] = (),
+        limiter: RateLimiter | None = None,
+        algorithm: Algorithm = "sliding_window",
+        key: KeyFunc | None = None,
+        exclude: Iterable[str] | Callable[[Scope], bool] = (),
+        headers: bool = True,
+        route_resolver: RouteResolver | None = None,
+    ) -> None:
+        if algorithm not in ALGORITHMS:
+            raise ConfigurationError(
+                f"unknown rate-limit algorithm {algorithm!r}; use one of {', '.join(ALGORITHMS)}"
+            )
+        self.app = app
+        self.limiter = limiter if limiter is not None else RateLimiter()
+        self._rate = _limit(rate, "default", algorithm, per_route=True)
+        self._global = _limit(global_rate, "global", algorithm, per_route=False)
+        self._rules = tuple(_CompiledRule(Rule.from_value(rule), algorithm) for rule in rules)
+        self._key = key if key is not None else client_key
+        if callable(exclude):
+            self._exclude: Callable[[Scope], bool] | None = exclude
+            self._exclude_patterns: tuple[_Pattern, ...] = ()
+        else:
+            self._exclude = None
+            self._exclude_patterns = tuple(_Pattern(pattern) for pattern in exclude)
+        self._headers = headers
+        self._resolver: RouteResolver | None = route_resolver
+        self._memo: dict[tuple[str, str], _Plan] = {}
+
+    @staticmethod
+    def options_from_settings(
+        settings: RateLimitSettings,
+        *,
+        store: Store | None = None,
+        hooks: Hooks | None = None,
+        clock: Clock | None = None,
+    ) -> dict[str, Any]:
+        """Keyword arguments for this middleware from ``Settings.ratelimit``.
+
+        ``app.add_middleware(RateLimitMiddleware, **options)`` installs it; the limiter is
+        ``options["limiter"]``.
+
+        Raises:
+            ConfigurationError: naming the ``BASTION_RATELIMIT__*`` variable that is invalid.
+        """
+        limiter = RateLimiter(
+            store,
+            on_store_error=settings.on_store_error,
+            expected_workers=settings.expected_workers,
+            hooks=hooks,
+            clock=clock,
+            memory_max_keys=settings.memory_max_keys,
+        )
+        options: dict[str, Any] = {
+            "limiter": limiter,
+            "algorithm": settings.algorithm,
+            "headers": settings.headers,
+        }
+        for field, variable, build in (
+            ("rate", "BASTION_RATELIMIT__RATE", _limit_or_none),
+            ("global_rate", "BASTION_RATELIMIT__GLOBAL_RATE", _limit_or_none),
+        ):
+            value = getattr(settings, field)
+            try:
+                options[field] = build(value, settings.algorithm, field == "rate")
+            except ConfigurationError as exc:
+                raise ConfigurationError(f"{variable}={value!r}: {exc}") from None
+        rules = []
+        for index, value in enumerate(settings.rules):
+            try:
+                rule = Rule.from_value(value)
+                _CompiledRule(rule, settings.algorithm)
+            except ConfigurationError as exc:
+                raise ConfigurationError(f"BASTION_RATELIMIT__RULES[{index}]: {exc}") from None
+            rules.append(rule)
+        options["rules"] = rules
+        exclude = list(settings.exclude)
+        for pattern in exclude:
+            try:
+                _Pattern(pattern)
+            except ConfigurationError as exc:
+                raise ConfigurationError(f"BASTION_RATELIMIT__EXCLUDE: {exc}") from None
+        options["exclude"] = exclude
+        return options
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Decide, then answer 429/503 or call the app with the headers added to its response."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        scope[LIMITER_SCOPE_KEY] = self.limiter
+        decisions: list[Decision] | None = [] if self._headers else None
+        scope[DECISIONS_SCOPE_KEY] = decisions
+
+        context: RequestContext | None = scope.get(SCOPE_KEY)
+        if context is not None:
+            method, route, principal = context.method, context.route, context.principal
+        else:
+            method, principal = scope["method"], None
+            route = self._resolve(scope, method)
+        plan = self._plan(method, route, scope)
+        own: list[tuple[bytes, bytes]] = []
+        exclude = self._exclude
+        if plan.limits and (exclude is None or not exclude(scope)):
+            partition = self._key(scope)
+            if partition is not None:
+                head = "{" + partition
+                tails = plan.tails
+                keys = [head + tails[0]] if len(tails) == 1 else [head + tail for tail in tails]
+                limiter = self.limiter
+                quotas = plan.quotas
+                decide_now = limiter.decide_now
+                if decide_now is not None and (values := decide_now(keys, quotas, plan.costs))[0]:
+                    # Memory admitted: no coroutine, no await, and no Decision object either.
+                    if decisions is not None:
+                        state = state_value(quotas, values).encode("latin-1")
+                        own = [(b"ratelimit-policy", plan.policy), (b"ratelimit", state)]
+                else:
+                    if decide_now is not None:
+                        decision = limiter.settle(
+                            values, quotas, plan.costs, partition, method, route, principal
+                        )
+                    else:
+                        decision = await limiter.decide_keys(
+                            keys, quotas, plan.costs, partition, method, route, principal
+                        )
+                    if not decision.allowed:
+                        await send_refusal(scope, send, decision, headers=self._headers)
+                        return
+                    if decisions is not None:
+                        if not decision.degraded:
+                            state = decision.state_header.encode("latin-1")
+                            own = [(b"ratelimit-policy", plan.policy), (b"ratelimit", state)]
+                        else:  # fail-open has no quotas; local fallback has its own, scaled ones
+                            own = decision_headers((decision,))
+
+        if decisions is None:
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                # Dependencies' decisions follow as separate field lines of the same lists.
+                extra = own + decision_headers(decisions) if decisions else own
+                if extra:
+                    # The framework may own the header list; never mutate it.
+                    message["headers"] = [*message.get("headers", ()), *extra]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+    def _resolve(self, scope: Scope, method: str) -> str | None:
+        resolver = self._resolver
+        if resolver is None:
+            app = scope.get("app")
+            if app is None or not hasattr(app, "routes"):
+                return None
+            resolver = self._resolver = AppRouteResolver(app)
+        path: str = scope["path"]
+        root_path: str = scope.get("root_path", "")
+        if root_path and path.startswith(root_path):
+            path = path[len(root_path) :] or "/"
+        return resolver.resolve(method, path)
+
+    def _plan(self, method: str, route: str | None, scope: Scope) -> _Plan:
+        target = route if route is not None else scope["path"]
+        memo_key = (method, target)
+        try:
+            return self._memo[memo_key]
+        except KeyError:
+            pass
+        plan = self._choose(method, target, route)
+        if route is not None or len(self._memo) < _MEMO_LIMIT:
+            # Raw paths are unbounded (ids, scanners); they are memoized only while there is room.
+            if len(self._memo) >= _MEMO_LIMIT:
+                self._memo.clear()
+            self._memo[memo_key] = plan
+        return plan
+
+    def _choose(self, method: str, target: str, route: str | None) -> _Plan:
+        """The limits for a route template (or path), exclusions applied: run once per route."""
+        if any(pattern.matches(method, target) for pattern in self._exclude_patterns):
+            return _NOTHING
+        chosen: list[tuple[Limit, int]] = []
+        if self._global is not None:
+            chosen.append((self._global, 1))
+        for rule in self._rules:
+            if rule.pattern.matches(method, target):
+                chosen.append((rule.limit, rule.cost))
+                break
+        else:
+            if self._rate is not None:
+                chosen.append((self._rate, 1))
+        if not chosen:
+            return _NOTHING
+        return _Plan(tuple(chosen), f"{method} {route if route is not None else _UNMATCHED}")
+
+
+def _limit(
+    value: str | Limit | None, name: str, algorithm: Algorithm, *, per_route: bool
+) -> Limit | None:
+    if value is None:
+        return None
+    if isinstance(value, Limit):
+        return value
+    return Limit(value, name=name, algorithm=algorithm, per_route=per_route)
+
+
+def _limit_or_none(value: str | None, algorithm: Algorithm, per_route: bool) -> Limit | None:
+    if value is None or not value.strip():
+        return None
+    return _limit(value, "default" if per_route else "global", algorithm, per_route=per_route)
