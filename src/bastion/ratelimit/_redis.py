@@ -54,8 +54,8 @@ class RedisBackend:
         self._clock = clock
         # RedisStore has no public accessor for its key prefix or its error-translating guard
         # yet; both are stable parts of its design (``{prefix}:{namespace}:`` and the gate).
-        self._prefix: str = store._keys
-        self._guard: GateGuard = store._guard
+        self._prefix: str = store.key_prefix
+        self._guard: GateGuard = store.guard
         self._script: AsyncScript = store.client.register_script(_SCRIPT)
 
     @property

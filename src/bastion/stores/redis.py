@@ -300,6 +300,19 @@ class RedisStore(ClosingMixin):
         """The health gate shared by this store and its namespaced views."""
         return self._gate
 
+    @property
+    def key_prefix(self) -> str:
+        """What this view puts before every key (prefix and namespaces), for feature scripts
+        that build their own keys."""
+        return self._keys
+
+    @property
+    def guard(self) -> GateGuard:
+        """The context manager this store runs every command in: it consults the health gate
+        and translates redis errors into ``StoreError``. Feature-specific operations on
+        ``client`` use it so that they fail, and heal, like the store's own."""
+        return self._guard
+
     def with_namespace(self, namespace: str) -> Self:
         """Return a view whose keys live under ``namespace``, sharing client, scripts and gate.
 
