@@ -9,6 +9,8 @@ Catch ``BastionError`` to handle all of them; catch a leaf to handle one failure
     └── StoreError                 a store operation failed (the backend error is the __cause__)
         ├── StoreUnavailable       the store cannot be reached, or its health gate is open
         │   └── StoreTimeout       the store did not answer in time
+        │       └── StoreBusy      no pooled connection came free in time: this process is
+        │                          saturated; it says nothing about the store's health
         └── StoreDataError         the store answered, but not with what the operation needs
 
 Backend exceptions (redis, SQLAlchemy, ...) never leave bastion's boundary untranslated: a store
@@ -23,6 +25,7 @@ __all__ = [
     "ConfigurationError",
     "LifespanError",
     "MissingDependencyError",
+    "StoreBusy",
     "StoreDataError",
     "StoreError",
     "StoreTimeout",
@@ -72,6 +75,15 @@ class StoreUnavailable(StoreError):
 
 class StoreTimeout(StoreUnavailable):
     """The store did not answer within its timeout."""
+
+
+class StoreBusy(StoreTimeout):
+    """No connection of this process's pool became free within the pool timeout.
+
+    The operation failed, but the store may be perfectly healthy: the process has more
+    operations in flight than connections. The health gate does not count it as an outage, so a
+    burst never takes the store offline for everyone else.
+    """
 
 
 class StoreDataError(StoreError):

@@ -8,6 +8,7 @@ from bastion._clock import ManualClock
 from bastion.events import Event, Hooks, StoreDown, StoreUp
 from bastion.exceptions import (
     ConfigurationError,
+    StoreBusy,
     StoreDataError,
     StoreError,
     StoreTimeout,
@@ -308,3 +309,14 @@ def test_repr_shows_state(gate: StoreHealthGate, guard: GateGuard) -> None:
     """The repr shows the store, the state and the failure count."""
     fail(guard, 3)
     assert "StoreHealthGate(store_name='test', state='open', failures=3)" == repr(gate)
+
+
+def test_an_exhausted_pool_is_no_verdict_on_the_store(
+    gate: StoreHealthGate, guard: GateGuard
+) -> None:
+    """StoreBusy (no pooled connection came free) never counts towards opening the gate."""
+    for _ in range(10):
+        with pytest.raises(StoreBusy), guard:
+            raise StoreBusy("no redis connection came free in time")
+
+    assert ("closed", 0) == (gate.state, gate.consecutive_failures)

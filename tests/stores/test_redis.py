@@ -25,6 +25,7 @@ from bastion._clock import ManualClock
 from bastion.events import Event, Hooks, StoreDown, StoreUp
 from bastion.exceptions import (
     ConfigurationError,
+    StoreBusy,
     StoreDataError,
     StoreError,
     StoreTimeout,
@@ -457,3 +458,27 @@ async def test_an_outage_fails_fast_and_recovers_without_a_restart(
         assert [StoreDown, StoreUp] == [type(event) for event in events]
         assert StoreUp(store="redis", down_for_s=5.0) == events[-1]
         assert [2, b"2"] == [await limits.incr("client"), await store.get("ratelimit:client")]
+
+
+@pytest.mark.anyio
+async def test_a_burst_beyond_the_pool_is_busy_and_leaves_the_gate_closed(
+    redis_url: str, prefix: str
+) -> None:
+    """With every pooled connection taken, operations fail as StoreBusy; the gate stays closed
+    and the store answers again as soon as a connection is free."""
+    store = RedisStore.from_url(
+        redis_url, prefix=prefix, max_connections=1, pool_timeout_s=0.05, socket_timeout_s=3
+    )
+    try:
+        blocker = asyncio.create_task(store.client.blpop([f"{prefix}:never"], timeout=1))
+        await asyncio.sleep(0.2)  # the only connection is now inside BLPOP
+        outcomes = await asyncio.gather(
+            *(store.get("key") for _ in range(5)), return_exceptions=True
+        )
+        await blocker
+
+        assert all(isinstance(outcome, StoreBusy) for outcome in outcomes)
+        assert "closed" == store.gate.state
+        assert await store.get("key") is None
+    finally:
+        await store.aclose()

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Literal
 
 from bastion._clock import SYSTEM_CLOCK, Clock
 from bastion.events import StoreDown, StoreUp
-from bastion.exceptions import ConfigurationError, StoreError, StoreUnavailable
+from bastion.exceptions import ConfigurationError, StoreBusy, StoreError, StoreUnavailable
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -179,7 +179,12 @@ class StoreHealthGate:
         """Report a failed operation. Only ``StoreUnavailable`` counts as an outage.
 
         Any other ``StoreError`` means the backend answered, so it counts as a success.
+        ``StoreBusy`` (this process ran out of pooled connections) is no verdict on the store:
+        counting it would let a burst of requests open the gate and fail everyone fast.
         """
+        if isinstance(error, StoreBusy):
+            self.record_abandoned()
+            return
         if not isinstance(error, StoreUnavailable):
             self.record_success()
             return

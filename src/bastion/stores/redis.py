@@ -25,6 +25,7 @@ from bastion._urls import redact_url
 from bastion.exceptions import (
     ConfigurationError,
     MissingDependencyError,
+    StoreBusy,
     StoreDataError,
     StoreError,
     StoreTimeout,
@@ -71,6 +72,10 @@ _DATA_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+# What redis-py's BlockingConnectionPool raises when no connection came free within its timeout.
+_POOL_EXHAUSTED = "No connection available."
+
+
 def _translate_error(exc: BaseException, secrets: tuple[str, ...] = ()) -> StoreError | None:
     """Map a redis-py (or socket) exception to a ``StoreError``; ``None`` if it is not one.
 
@@ -78,7 +83,9 @@ def _translate_error(exc: BaseException, secrets: tuple[str, ...] = ()) -> Store
     today, and this keeps it that way if a future version starts to.
     """
     error_type: type[StoreError]
-    if isinstance(exc, _TIMEOUT_ERRORS):
+    if isinstance(exc, redis_errors.ConnectionError) and str(exc) == _POOL_EXHAUSTED:
+        error_type, summary = StoreBusy, "no redis connection came free in time"
+    elif isinstance(exc, _TIMEOUT_ERRORS):
         error_type, summary = StoreTimeout, "redis timed out"
     elif isinstance(exc, _UNAVAILABLE_ERRORS):
         error_type, summary = StoreUnavailable, "redis is unavailable"
