@@ -470,7 +470,11 @@ async def test_a_burst_beyond_the_pool_is_busy_and_leaves_the_gate_closed(
         redis_url, prefix=prefix, max_connections=1, pool_timeout_s=0.05, socket_timeout_s=3
     )
     try:
-        blocker = asyncio.create_task(store.client.blpop([f"{prefix}:never"], timeout=1))
+
+        async def hold_the_only_connection() -> None:
+            await store.client.blpop([f"{prefix}:never"], timeout=1)
+
+        blocker = asyncio.create_task(hold_the_only_connection())
         await asyncio.sleep(0.2)  # the only connection is now inside BLPOP
         outcomes = await asyncio.gather(
             *(store.get("key") for _ in range(5)), return_exceptions=True
