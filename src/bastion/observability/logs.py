@@ -35,7 +35,7 @@ import time
 import traceback
 import zlib
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import IO, Any, TextIO
 from urllib.parse import unquote_plus
@@ -115,7 +115,7 @@ class Redactor:
         names: the secret names (default ``bastion.settings.DEFAULT_REDACTED``).
     """
 
-    __slots__ = ("_cache", "_names", "_suffixes", "_text_query")
+    __slots__ = ("_cache", "_mentions_secret", "_names", "_suffixes", "_text_query")
 
     _CACHE_SIZE = 4096
 
@@ -130,8 +130,14 @@ class Redactor:
             self._text_query: re.Pattern[str] | None = re.compile(
                 rf"(?i)([?&](?:[^\s&=?#]*[-_])?(?:{alternatives})=)[^&\s#]*"
             )
+            # A secret parameter's name contains a secret name: a query string that mentions
+            # none (and has no %-escapes or "+" to decode) needs no parsing at all.
+            self._mentions_secret: Callable[[str], object] | None = re.compile(
+                rf"(?i)[%+]|{alternatives}"
+            ).search
         else:
             self._text_query = None
+            self._mentions_secret = None
 
     def is_secret(self, name: str) -> bool:
         """Whether values under ``name`` are masked."""
@@ -178,7 +184,7 @@ class Redactor:
 
         Parameter names are percent-decoded before they are compared, so ``%74oken`` is caught.
         """
-        if not query or not self._names:
+        if not query or self._mentions_secret is None or not self._mentions_secret(query):
             return query
         parts = query.split("&")
         changed = False

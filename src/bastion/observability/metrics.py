@@ -230,6 +230,11 @@ class GaugeChild:
         """This process's value."""
         return self._values.view[self._slot]
 
+    @property
+    def slot(self) -> int:
+        """Index of this series' slot in the registry's values."""
+        return self._slot
+
 
 class HistogramChild:
     """One histogram series: a slot per bucket, one for ``+Inf``, one for the sum."""
@@ -241,6 +246,16 @@ class HistogramChild:
         self._slot = slot
         self._bounds = bounds
         self._sum = slot + len(bounds) + 1
+
+    @property
+    def slot(self) -> int:
+        """Index of the first bucket's slot in the registry's values (then ``+Inf``, then sum)."""
+        return self._slot
+
+    @property
+    def sum_slot(self) -> int:
+        """Index of the sum's slot."""
+        return self._sum
 
     def observe(self, value: float) -> None:
         """Count one observation of ``value``."""
