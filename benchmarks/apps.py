@@ -187,7 +187,11 @@ def bare_starlette() -> ASGIApp:
 # -- 3. bare FastAPI ------------------------------------------------------------------------------
 
 
-@register("fastapi", title="bare FastAPI", groups=("foundation", "breakdown", "observability"))
+@register(
+    "fastapi",
+    title="bare FastAPI",
+    groups=("foundation", "breakdown", "observability", "ratelimit"),
+)
 def bare_fastapi() -> ASGIApp:
     """FastAPI with ``async def read_item(item_id: int, q: str | None = None) -> dict[str, Any]``
     (path and query parameters validated, the return value validated and serialized)."""
@@ -379,7 +383,7 @@ def _bastion_app(**overrides: Any) -> FastAPI:
 @register(
     "bastion-foundation",
     title="FastAPI + Bastion (foundation, no observability)",
-    groups=("foundation", "breakdown"),
+    groups=("foundation", "breakdown", "ratelimit"),
 )
 def fastapi_bastion_foundation() -> ASGIApp:
     """Bare FastAPI wrapped by ``Bastion(app, settings=...)`` with its default settings (memory
@@ -393,6 +397,28 @@ def fastapi_bastion_foundation() -> ASGIApp:
         metrics=MetricsSettings(enabled=False),
         logging=LoggingSettings(configure=False, access_log=False),
         compression=CompressionSettings(enabled=False),
+    )
+
+
+@register(
+    "bastion-ratelimit",
+    title="FastAPI + Bastion (foundation + rate limit, memory)",
+    groups=("ratelimit",),
+)
+def fastapi_bastion_ratelimit() -> ASGIApp:
+    """The `bastion-foundation` row (observability and compression off, memory store, settings
+    from defaults only) plus ``ratelimit={"rate": "1000000/minute"}``: bastion's
+    ``RateLimitMiddleware`` inside its pipeline, on the in-process memory backend, deciding every
+    request for its client and route (`sliding_window`, the default algorithm) and adding the
+    ``RateLimit-Policy``/``RateLimit`` headers. The quota is never reached, so every request
+    pays for a full admitted decision and none is refused."""
+    from bastion.settings import CompressionSettings, LoggingSettings, MetricsSettings
+
+    return _bastion_app(
+        metrics=MetricsSettings(enabled=False),
+        logging=LoggingSettings(configure=False, access_log=False),
+        compression=CompressionSettings(enabled=False),
+        ratelimit={"rate": "1000000/minute"},
     )
 
 
