@@ -190,7 +190,7 @@ def bare_starlette() -> ASGIApp:
 @register(
     "fastapi",
     title="bare FastAPI",
-    groups=("foundation", "breakdown", "observability", "ratelimit"),
+    groups=("foundation", "breakdown", "observability", "observability-breakdown", "ratelimit"),
 )
 def bare_fastapi() -> ASGIApp:
     """FastAPI with ``async def read_item(item_id: int, q: str | None = None) -> dict[str, Any]``
@@ -383,7 +383,7 @@ def _bastion_app(**overrides: Any) -> FastAPI:
 @register(
     "bastion-foundation",
     title="FastAPI + Bastion (foundation, no observability)",
-    groups=("foundation", "breakdown", "ratelimit"),
+    groups=("foundation", "breakdown", "observability-breakdown", "ratelimit"),
 )
 def fastapi_bastion_foundation() -> ASGIApp:
     """Bare FastAPI wrapped by ``Bastion(app, settings=...)`` with its default settings (memory
@@ -396,6 +396,24 @@ def fastapi_bastion_foundation() -> ASGIApp:
     return _bastion_app(
         metrics=MetricsSettings(enabled=False),
         logging=LoggingSettings(configure=False, access_log=False),
+        compression=CompressionSettings(enabled=False),
+    )
+
+
+@register(
+    "bastion-metrics",
+    title="FastAPI + Bastion (foundation + metrics, no access log)",
+    groups=("observability-breakdown",),
+)
+def fastapi_bastion_metrics() -> ASGIApp:
+    """The `bastion` observability row without its access log (``logging.access_log=False``;
+    logging is still configured): foundation, Prometheus HTTP metrics, the event-loop lag
+    monitor and the stats sampler. Against `bastion-foundation` and `bastion` it splits the
+    observability stack's cost between metrics and the access log."""
+    from bastion.settings import CompressionSettings, LoggingSettings
+
+    return _bastion_app(
+        logging=LoggingSettings(access_log=False),
         compression=CompressionSettings(enabled=False),
     )
 
@@ -425,7 +443,7 @@ def fastapi_bastion_ratelimit() -> ASGIApp:
 @register(
     "bastion",
     title="FastAPI + Bastion (observability stack, log to a file)",
-    groups=("foundation", "breakdown", "observability"),
+    groups=("foundation", "breakdown", "observability", "observability-breakdown"),
 )
 def fastapi_bastion() -> ASGIApp:
     """Bare FastAPI wrapped by ``Bastion(app, settings=...)`` with its default settings (memory
