@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -20,9 +17,7 @@ from fastapi import FastAPI
 from bastion import Bastion, Settings
 from bastion._shutdown import ShutdownCoordinator
 from bastion.testing import lifespan
-from tests.test_server import free_port
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.servers import serve
 
 
 def drained_app(**shutdown: Any) -> tuple[FastAPI, Bastion, anyio.Event]:
@@ -146,24 +141,10 @@ async def test_sigterm_turns_not_ready_then_hands_over_after_the_pre_stop_delay(
 def test_sigterm_under_load_loses_no_request() -> None:
     """A real uvicorn gets SIGTERM with 8 slow requests in flight: readiness is 503 while the
     server still accepts connections, every in-flight request completes, the server exits."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "tests.servers.slow_app:app", "--port", str(port)],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                httpx.get(f"{url}/_bastion/health/ready", timeout=1).raise_for_status()
-                break
-            except httpx.HTTPError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise RuntimeError("uvicorn did not start") from None
-                time.sleep(0.05)
+    with serve("tests.servers.slow_app:app", arguments=(), ready_path="/_bastion/health/ready") as (
+        url,
+        process,
+    ):
         with ThreadPoolExecutor(max_workers=8) as pool:
             futures = [pool.submit(httpx.get, f"{url}/slow", timeout=10) for _ in range(8)]
             time.sleep(0.3)  # let the requests reach the handler
@@ -176,7 +157,3 @@ def test_sigterm_under_load_loses_no_request() -> None:
         assert [200] * 8 == statuses
         process.wait(timeout=15)
         assert process.returncode in (0, -signal.SIGTERM)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()

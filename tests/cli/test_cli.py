@@ -23,6 +23,7 @@ from bastion.cli._demo import banner
 from bastion.demo.db import DEFAULT_DATABASE_URL
 from bastion.demo.factory import create_app
 from bastion.settings import Settings, load_settings
+from tests.servers import free_port
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -37,13 +38,6 @@ SECRET = "hunter2"
 @pytest.fixture(autouse=True)
 def isolated_env(isolated_env: None) -> None:
     """Every test here runs without the developer's BASTION_* settings, in a temp directory."""
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on (bound by the kernel's choice, then released)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def clean_env(**settings: str) -> dict[str, str]:

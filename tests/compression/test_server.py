@@ -6,7 +6,6 @@ import os
 import select
 import shutil
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -16,10 +15,9 @@ import httpx
 import orjson
 import pytest
 
+from tests.servers import serve
 from tests.servers.compression_app import ITEMS
-from tests.test_server import free_port
 
-ROOT = Path(__file__).resolve().parents[2]
 CURL = shutil.which("curl")
 
 pytestmark = [
@@ -57,39 +55,9 @@ ENCODINGS = [encoding_param(encoding) for encoding in ("br", "zstd", "gzip")]
 @pytest.fixture(scope="module")
 def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """uvicorn serving tests/servers/compression_app.py on a free port."""
-    port = free_port()
-    log = (tmp_path_factory.mktemp("uvicorn") / "server.log").open("w")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "tests.servers.compression_app:app",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ],
-        cwd=ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                httpx.get(f"{url}/ping", timeout=1)
-                break
-            except httpx.TransportError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise RuntimeError("uvicorn did not start") from None
-                time.sleep(0.05)
+    log = tmp_path_factory.mktemp("uvicorn") / "server.log"
+    with serve("tests.servers.compression_app:app", log=log, ready_path="/ping") as (url, _):
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-        log.close()
 
 
 def headers_of(path: Path) -> dict[str, str]:

@@ -2,19 +2,11 @@
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 
 from bastion.health import HealthRegistry, HealthStatus, sqlalchemy_check, store_check
 from bastion.stores import Store
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on (bound, then released)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.servers import free_port
 
 
 @pytest.mark.anyio

@@ -19,7 +19,7 @@ from fastapi import FastAPI
 from bastion import Bastion, Settings
 from bastion.observability._assembly import _is_supervisor, prune_stale_directories
 from bastion.testing import lifespan
-from tests.test_server import free_port
+from tests.servers import free_port
 
 
 @pytest.mark.parametrize(

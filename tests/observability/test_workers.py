@@ -7,7 +7,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -16,9 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.test_server import free_port
+from tests.servers import serve
 
-ROOT = Path(__file__).resolve().parents[2]
 COUNT = re.compile(
     r'^http_server_request_duration_seconds_count\{method="GET",route="/pid/\{item\}",'
     r'status_class="2xx"\} (\d+)$',
@@ -56,36 +54,13 @@ def serve_requests(url: str, count: int) -> set[int]:
 def two_workers(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """``uvicorn --workers 2`` serving tests/servers/pid_app.py, with nothing configured for
     metrics: the workers must find their shared directory on their own."""
-    port = free_port()
-    log = (tmp_path / "server.log").open("w")
     environment = {k: v for k, v in os.environ.items() if not k.startswith("BASTION_METRICS")}
     environment["BASTION_LOGGING__ACCESS_LOG"] = "false"
-    process = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "uvicorn", "tests.servers.pid_app:app", "--workers", "2"),
-            *("--port", str(port), "--log-level", "warning"),
-        ],
-        cwd=ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=environment,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(f"{url}/_bastion/health/live", timeout=1)
-                break
-            except httpx.TransportError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise RuntimeError("uvicorn did not start") from None
-                time.sleep(0.05)
-        yield url, process
-    finally:
-        process.terminate()
-        process.wait(timeout=20)
-        log.close()
+    arguments = ("--workers", "2", "--log-level", "warning")
+    with serve(
+        "tests.servers.pid_app:app", arguments=arguments, env=environment, log=tmp_path / "log"
+    ) as server:
+        yield server
 
 
 def worker_pids(supervisor: int) -> list[int]:
