@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 import socket
 import sys
 import threading
@@ -34,7 +35,7 @@ from bastion._routes import AppRouteResolver
 from bastion.context import ContextBuilder, RequestContext, current_context
 from bastion.exceptions import MissingDependencyError
 from bastion.observability import tracing as tracing_module
-from bastion.observability.tracing import Tracing, build_tracer_provider, span
+from bastion.observability.tracing import Tracing, build_tracer_provider, parse_tracestate, span
 from bastion.settings import TracingSettings
 from bastion.types import Scope
 from tests.asgi import call, http_scope
@@ -348,6 +349,44 @@ async def test_tracestate_is_carried_onto_the_trace(traced: Traced) -> None:
     assert server.parent is not None
     assert expected == dict(server.parent.trace_state)
     assert expected == dict(server.context.trace_state)
+
+
+async def test_an_invalid_tracestate_is_dropped_without_logging_it(
+    traced: Traced, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A malformed tracestate is dropped whole, and no log line quotes the client's text."""
+    headers = [
+        ("traceparent", f"00-{INCOMING_TRACE}-{INCOMING_PARENT}-01"),
+        ("tracestate", "congo=t61rcWkgMzE,INJECTED LOG LINE=1"),
+    ]
+    with caplog.at_level(logging.DEBUG):
+        async with client_for(fastapi_app(traced.tracing), traced.tracing) as client:
+            await client.get("/albums/7", headers=headers)
+
+    server = traced.server_span()
+    assert server.parent is not None
+    assert {} == dict(server.parent.trace_state)
+    assert "INJECTED" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ([b"a=1, b=2"], [("a", "1"), ("b", "2")]),
+        ([b"tenant@vendor=x", b"c=3"], [("tenant@vendor", "x"), ("c", "3")]),
+        ([b"a=1,,b=2 "], [("a", "1"), ("b", "2")]),
+        ([b"A=1"], None),  # keys are lower-case
+        ([b"a=1,a=2"], None),  # duplicate keys
+        ([b"a=x y "], [("a", "x y")]),  # inner spaces are allowed, trailing ones are trimmed
+        ([b"a=1,b"], None),
+        ([b",".join(b"k%d=v" % number for number in range(33))], None),  # over 32 members
+    ],
+)
+def test_tracestate_members_are_parsed_strictly(
+    headers: list[bytes], expected: list[tuple[str, str]] | None
+) -> None:
+    """W3C tracestate: lower-case keys, tenant@system keys, no duplicates, at most 32."""
+    assert expected == parse_tracestate(headers)
 
 
 async def test_a_span_already_current_does_not_adopt_the_request(traced: Traced) -> None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import sys
 from contextvars import ContextVar
 from importlib.metadata import version
@@ -50,7 +51,7 @@ if TYPE_CHECKING:
     from bastion.settings import TracingSettings
     from bastion.types import Scope
 
-__all__ = ["Tracing", "build_tracer_provider", "span"]
+__all__ = ["Tracing", "build_tracer_provider", "parse_tracestate", "span"]
 
 _logger = logging.getLogger("bastion.tracing")
 
@@ -154,6 +155,35 @@ def _type_name(error: BaseException) -> str:
     return kind.__qualname__ if module == "builtins" else f"{module}.{kind.__qualname__}"
 
 
+# W3C Trace Context, tracestate: a simple or a multi-tenant key, and a value.
+_TRACESTATE_MEMBER = re.compile(
+    r"([a-z0-9][_0-9a-z\-*/]{0,255}|[a-z0-9][_0-9a-z\-*/]{0,240}@[a-z][_0-9a-z\-*/]{0,13})"
+    r"=([\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e])"
+)
+_TRACESTATE_MAX_MEMBERS = 32
+
+
+def parse_tracestate(headers: list[bytes]) -> list[tuple[str, str]] | None:
+    """The members of incoming ``tracestate`` header lines, or ``None`` when any is invalid.
+
+    An invalid header is dropped whole and silently, as the W3C spec allows: handing it to
+    OpenTelemetry's parser would log a warning quoting client-controlled text on every request.
+    """
+    members: dict[str, str] = {}
+    for header in headers:
+        for raw in header.split(b","):
+            member = raw.strip(b" \t")
+            if not member:
+                continue
+            found = _TRACESTATE_MEMBER.fullmatch(member.decode("latin-1"))
+            if found is None or found.group(1) in members:
+                return None
+            members[found.group(1)] = found.group(2)
+    if len(members) > _TRACESTATE_MAX_MEMBERS:
+        return None
+    return list(members.items())
+
+
 class Tracing:
     """Records one OpenTelemetry SERVER span per HTTP request: a ``RequestObserver``.
 
@@ -242,15 +272,14 @@ class Tracing:
         else:
             # bastion parsed traceparent strictly already; the OTel propagator is not needed
             # (and is laxer). tracestate counts only when traceparent was valid.
-            states = [
-                value.decode("latin-1") for key, value in scope["headers"] if key == b"tracestate"
-            ]
+            states = [value for key, value in scope["headers"] if key == b"tracestate"]
+            members = parse_tracestate(states) if states else None
             remote = self._span_context(
                 trace_id,
                 int(parent_span_id, 16),
                 True,
                 self._trace_flags(context.trace_flags),
-                self._trace_state.from_header(states) if states else None,
+                self._trace_state(members) if members else None,
             )
             parent = self._set_span_in_context(self._non_recording_span(remote), self._root)
 
