@@ -26,6 +26,7 @@ from bastion.health import (
     store_check,
 )
 from bastion.observability import Observability
+from bastion.ratelimit import RateLimitMiddleware
 from bastion.settings import Settings, load_settings
 from bastion.stores import Store, store_from_url
 from bastion.types import AnyASGIApp, ASGIApp, Receive, Scope, Send
@@ -105,15 +106,13 @@ class Bastion:
             critical=self.settings.stores.required_at_startup,
         )
         self.observability = Observability(self.settings, hooks=self.hooks, clock=clock)
-        from bastion.ratelimit import RateLimitMiddleware
-
+        self.metrics = self.observability.registry
+        self.health.add("event_loop", self._loop_check, groups=("ready",), critical=False)
         # Built even without configured limits: ``bastion.limit(...)`` dependencies use it.
         self._ratelimit_options = RateLimitMiddleware.options_from_settings(
             self.settings.ratelimit, store=self.store, hooks=self.hooks, clock=clock
         )
         self.ratelimiter = self._ratelimit_options["limiter"]
-        self.metrics = self.observability.registry
-        self.health.add("event_loop", self._loop_check, groups=("ready",), critical=False)
         self.shutdown_coordinator = ShutdownCoordinator(
             pre_stop_delay_s=self.settings.shutdown.pre_stop_delay_s,
             drain_timeout_s=self.settings.shutdown.drain_timeout_s,
@@ -149,7 +148,7 @@ class Bastion:
         Shares bastion's limiter (its store, outage policy and events); ``options`` are those of
         ``bastion.ratelimit.limit`` (``key``, ``cost``, ``name``, ``algorithm``, ``per_route``).
         """
-        from bastion.ratelimit import limit
+        from bastion.ratelimit import limit  # loads FastAPI's dependency machinery: only here
 
         return limit(rates, limiter=self.ratelimiter, **options)
 
@@ -306,8 +305,6 @@ class Bastion:
         if limits.enabled and (limits.rate or limits.global_rate or limits.rules):
             # Only when limits are configured: with none, the layer would cost every request
             # and decide nothing (route dependencies from ``bastion.limit`` work without it).
-            from bastion.ratelimit import RateLimitMiddleware
-
             layers.append((RateLimitMiddleware, self._ratelimit_options))
         return layers
 
