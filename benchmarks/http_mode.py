@@ -23,7 +23,6 @@ import http.client
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from benchmarks.apps import APP_ENV_VAR
-from benchmarks.machine import CpuMeter
+from benchmarks.machine import CpuMeter, free_port
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -161,13 +160,6 @@ def wrk_version() -> str:
     return first.split(" Copyright")[0].strip()
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _cpu_plan(config: HttpConfig) -> tuple[list[int] | None, list[int] | None]:
     """(server CPUs, wrk CPUs), or ``(None, None)`` when not pinning."""
     cpus = sorted(os.sched_getaffinity(0))
@@ -236,7 +228,7 @@ class _Server:
 
     def __init__(self, app: str, config: HttpConfig, cpus: list[int] | None) -> None:
         self.app = app
-        self.port = _free_port()
+        self.port = free_port()
         self.command = _server_command(self.port, config)
         self._config = config
         self._cpus = cpus

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import platform
+import socket
 import subprocess
 import sys
 import time
@@ -24,11 +25,20 @@ if TYPE_CHECKING:
 __all__ = [
     "PACKAGES",
     "CpuMeter",
+    "free_port",
     "git_revision",
     "machine_info",
     "package_versions",
     "wait_until_quiet",
 ]
+
+
+def free_port() -> int:
+    """A 127.0.0.1 TCP port nothing listens on (the kernel's choice, then released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
 
 PACKAGES = (
     "bastion",

@@ -68,12 +68,13 @@ from typing import TYPE_CHECKING, Any, cast
 
 from benchmarks.machine import (
     CpuMeter,
+    free_port,
     git_revision,
     machine_info,
     package_versions,
     wait_until_quiet,
 )
-from benchmarks.report import Stats, _paired
+from benchmarks.report import Stats, _paired, write_report
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -333,12 +334,6 @@ def _available_subjects() -> tuple[list[Subject], list[str]]:
 # -- a throw-away Redis ---------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _answers(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
@@ -370,7 +365,7 @@ def _throwaway_redis(cpu: int | None) -> Iterator[LocalRedis]:
     with tempfile.TemporaryDirectory(prefix="bastion-bench-redis-") as directory:
         log = Path(directory) / "redis.log"
         for _attempt in range(5):
-            port = _free_port()
+            port = free_port()
             command = [
                 *pin, binary,
                 "--port", str(port),
@@ -1063,19 +1058,6 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(report: dict[str, Any], directory: Path) -> tuple[Path, Path]:
-    """Write ``<name>.md`` and ``<name>.json`` into ``directory``; return both paths."""
-    import json
-
-    directory.mkdir(parents=True, exist_ok=True)
-    markdown = directory / f"{report['name']}.md"
-    data = directory / f"{report['name']}.json"
-    markdown.write_text(render_markdown(report), encoding="utf-8")
-    data.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    print(f"wrote {markdown} and {data}", file=sys.stderr)
-    return markdown, data
-
-
 # -- the command ----------------------------------------------------------------------------------
 
 
@@ -1230,7 +1212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print(render_markdown(report))
     if not args.no_write:
-        write_report(report, args.output_dir)
+        write_report(report, args.output_dir, render=render_markdown)
     failed = any(b["verdict"] != "PASS" for b in report["budgets"])
     return 1 if failed or any(report["failed_decisions"].values()) else 0
 

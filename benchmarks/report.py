@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from benchmarks.machine import git_revision, machine_info, package_versions
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Callable, Mapping, Sequence
     from pathlib import Path
 
     from benchmarks.apps import AppSpec
@@ -494,12 +494,21 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(report: dict[str, Any], directory: Path) -> tuple[Path, Path]:
-    """Write ``<name>.md`` and ``<name>.json`` into ``directory``; return both paths."""
+def write_report(
+    report: dict[str, Any],
+    directory: Path,
+    *,
+    render: Callable[[dict[str, Any]], str] | None = None,
+) -> tuple[Path, Path]:
+    """Write ``<name>.md`` and ``<name>.json`` into ``directory``; return both paths.
+
+    ``render`` turns the report into Markdown (``render_markdown`` when omitted; other
+    commands, such as ``benchmarks.ratelimit``, pass their own).
+    """
     directory.mkdir(parents=True, exist_ok=True)
     markdown = directory / f"{report['name']}.md"
     data = directory / f"{report['name']}.json"
-    markdown.write_text(render_markdown(report), encoding="utf-8")
+    markdown.write_text((render or render_markdown)(report), encoding="utf-8")
     data.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     print(f"wrote {markdown} and {data}", file=sys.stderr)
     return markdown, data
