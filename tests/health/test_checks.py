@@ -4,17 +4,29 @@ from __future__ import annotations
 
 import pytest
 
-from bastion.health import HealthRegistry, HealthStatus, sqlalchemy_check, store_check
+from bastion.health import (
+    HealthCheck,
+    HealthRegistry,
+    HealthReport,
+    HealthStatus,
+    sqlalchemy_check,
+    store_check,
+)
 from bastion.stores import Store
 from tests.servers import free_port
+
+
+async def ready_report(name: str, check: HealthCheck) -> HealthReport:
+    """The readiness report of a registry holding only ``check``."""
+    registry = HealthRegistry()
+    registry.add(name, check)
+    return await registry.evaluate("ready")
 
 
 @pytest.mark.anyio
 async def test_store_check_is_up(store: Store) -> None:
     """A store that answers its ping is UP, named in the details."""
-    registry = HealthRegistry()
-    registry.add("store", store_check(store))
-    report = await registry.evaluate("ready")
+    report = await ready_report("store", store_check(store))
     assert HealthStatus.UP == report.status
     assert {"store": store.name} == dict(report.checks[0].details)
 
@@ -27,9 +39,7 @@ async def test_store_check_is_down_when_redis_is_unreachable() -> None:
 
     store = RedisStore.from_url(f"redis://127.0.0.1:{free_port()}/0")
     try:
-        registry = HealthRegistry()
-        registry.add("redis", store_check(store))
-        report = await registry.evaluate("ready")
+        report = await ready_report("redis", store_check(store))
     finally:
         await store.aclose()
     assert HealthStatus.DOWN == report.status
@@ -43,9 +53,7 @@ async def test_sqlalchemy_check_is_up_with_pool_details() -> None:
 
     engine = create_async_engine("sqlite+aiosqlite://")
     try:
-        registry = HealthRegistry()
-        registry.add("database", sqlalchemy_check(engine))
-        report = await registry.evaluate("ready")
+        report = await ready_report("database", sqlalchemy_check(engine))
     finally:
         await engine.dispose()
     assert HealthStatus.UP == report.status
@@ -60,9 +68,7 @@ async def test_sqlalchemy_check_is_down_when_postgres_is_unreachable() -> None:
 
     engine = create_async_engine(f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/test")
     try:
-        registry = HealthRegistry()
-        registry.add("database", sqlalchemy_check(engine))
-        report = await registry.evaluate("ready")
+        report = await ready_report("database", sqlalchemy_check(engine))
     finally:
         await engine.dispose()
     assert HealthStatus.DOWN == report.status
