@@ -207,11 +207,6 @@ class WorkerFile:
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         hidden.rename(directory / self.name)
 
-    @property
-    def pid(self) -> int:
-        """The process that owns the file."""
-        return os.getpid()
-
     def retire(self, counted: frozenset[str]) -> None:
         """At a clean exit: fold this worker's counters into the archive and delete the file.
 
