@@ -1,8 +1,8 @@
 """One worker process of the two-process exactness test (run as a script, not collected).
 
 It builds a Starlette app limited through Redis, prints ``ready``, waits for a line on standard
-input (so both workers start together), sends its requests concurrently in-process, and prints
-one JSON line per response: ``[status, RateLimit header or null]``.
+input (so both workers start together), sends its requests in concurrent waves in-process, and
+prints one JSON line per response: ``[status, RateLimit header or null]``.
 
 Configured by the environment: ``REDIS_URL``, ``PREFIX``, ``RATE``, ``ALGORITHM``, ``REQUESTS``
 and ``FROZEN_TIME`` (wall-clock seconds to use instead of the Redis server's time, or empty).
@@ -57,9 +57,13 @@ async def main() -> None:
         await store.client.incr(barrier)
         while int(await store.client.get(barrier) or 0) < 2:  # noqa: ASYNC110 - another process
             await asyncio.sleep(0.001)
-        responses = await asyncio.gather(
-            *(client.get("/search") for _ in range(int(environ["REQUESTS"])))
-        )
+        # In waves of 10 concurrent requests: the decisions of one wave leave in one pipeline
+        # (the store batches the commands of an event-loop turn), so waves are what the two
+        # processes interleave at the server. One gather of all 150 would be one pipeline, and
+        # Redis could run it whole before the other process's first command arrived.
+        responses = []
+        for _ in range(0, int(environ["REQUESTS"]), 10):
+            responses += await asyncio.gather(*(client.get("/search") for _ in range(10)))
     await store.aclose()
     for response in responses:
         line = [response.status_code, response.headers.get("ratelimit")]

@@ -1,9 +1,11 @@
 """The Redis backend: one ``EVALSHA`` per decision, however many quotas it covers.
 
 ``lua/ratelimit.lua`` reads every quota's state, decides, and writes only if all admit, in one
-atomic script run, so workers and hosts sharing the Redis share exact counters. The script is
-registered with redis-py's ``register_script``: it is sent by SHA1, and after a ``NOSCRIPT``
-(``SCRIPT FLUSH``, a restart, a failover) redis-py loads it again and retries.
+atomic script run, so workers and hosts sharing the Redis share exact counters. The script is sent
+by SHA1 (``EVALSHA``); after a ``NOSCRIPT`` (``SCRIPT FLUSH``, a restart, a failover) it is loaded
+again and the call retried. Decisions of concurrent requests go out together through the store's
+``CommandBatcher``: one pipeline per event-loop turn instead of one connection checkout, write and
+read per decision.
 
 Time comes from the Redis server's ``TIME`` inside the script, so hosts with skewed clocks still
 agree on windows. An injected clock replaces it (tests, simulations): its ``time()`` is sent as
@@ -45,18 +47,18 @@ class RedisBackend:
             a clock to send ``clock.time()`` instead.
     """
 
-    __slots__ = ("_clock", "_guard", "_prefix", "_script", "store")
+    __slots__ = ("_batcher", "_clock", "_guard", "_prefix", "_script", "store")
 
     name = "redis"
 
     def __init__(self, store: RedisStore, *, clock: Clock | None = None) -> None:
         self.store = store
         self._clock = clock
-        # RedisStore has no public accessor for its key prefix or its error-translating guard
-        # yet; both are stable parts of its design (``{prefix}:{namespace}:`` and the gate).
         self._prefix: str = store.key_prefix
         self._guard: GateGuard = store.guard
         self._script: AsyncScript = store.client.register_script(_SCRIPT)
+        # Decisions of concurrent requests share one pipeline (one write, one read).
+        self._batcher = store.batcher
 
     @property
     def key_prefix(self) -> str:
@@ -78,5 +80,5 @@ class RedisBackend:
         prefix = self._prefix
         full_keys = [prefix + key for key in keys]
         with self._guard:
-            values = await self._script(keys=full_keys, args=args)
+            values = await self._batcher.script(self._script, full_keys, args)
         return cast("list[float]", values)

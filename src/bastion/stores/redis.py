@@ -31,6 +31,7 @@ from bastion.exceptions import (
     StoreTimeout,
     StoreUnavailable,
 )
+from bastion.stores._batch import CommandBatcher
 from bastion.stores.base import ClosingMixin
 from bastion.stores.gate import StoreHealthGate
 
@@ -154,6 +155,7 @@ class RedisStore(ClosingMixin):
     """
 
     __slots__ = (
+        "_batcher",
         "_client",
         "_gate",
         "_guard",
@@ -185,6 +187,7 @@ class RedisStore(ClosingMixin):
         password = connection_kwargs.get("password")
         secrets = (password,) if isinstance(password, str) and password else ()
         self._client = client
+        self._batcher = CommandBatcher(client)
         self._owns_client = False
         self._gate = gate
         self._guard: GateGuard = gate.guard(_translator(secrets))
@@ -303,6 +306,13 @@ class RedisStore(ClosingMixin):
         return self._client
 
     @property
+    def batcher(self) -> CommandBatcher:
+        """Sends the commands of one event-loop turn as one pipeline (``stores._batch``): what
+        feature operations that run once per request use, so that concurrent requests share a
+        round trip. Shared by this store and its namespaced views."""
+        return self._batcher
+
+    @property
     def gate(self) -> StoreHealthGate:
         """The health gate shared by this store and its namespaced views."""
         return self._gate
@@ -333,6 +343,7 @@ class RedisStore(ClosingMixin):
             raise ConfigurationError("a store namespace must not be empty")
         view = object.__new__(type(self))
         view._client = self._client
+        view._batcher = self._batcher
         view._owns_client = False
         view._gate = self._gate
         view._guard = self._guard
