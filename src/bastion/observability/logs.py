@@ -385,7 +385,9 @@ class JsonFormatter(StructuredFormatter):
             "method": context.method,
             "path": path,
             "status": status,
-            "duration_ms": round(duration_s * 1000, 3),
+            # To the microsecond: round(x, 3) on a float costs a correctly rounded decimal
+            # conversion, several times the rest of this dict.
+            "duration_ms": int(duration_s * 1_000_000 + 0.5) / 1000,
             "bytes": context.response_bytes,
             "client": context.client,
             "user_agent": user_agent,
@@ -842,7 +844,7 @@ def _access_fields(entry: _AccessEntry) -> dict[str, Any]:
         "method": context.method,
         "path": f"{path}?{redactor.redact_query(query.decode('latin-1'))}" if query else path,
         "status": status,
-        "duration_ms": round(duration_s * 1000, 3),
+        "duration_ms": int(duration_s * 1_000_000 + 0.5) / 1000,
         "bytes": context.response_bytes,
         "client": context.client,
         "user_agent": user_agent,
