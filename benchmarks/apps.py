@@ -190,7 +190,15 @@ def bare_starlette() -> ASGIApp:
 @register(
     "fastapi",
     title="bare FastAPI",
-    groups=("foundation", "breakdown", "observability", "observability-breakdown", "ratelimit"),
+    groups=(
+        "foundation",
+        "breakdown",
+        "observability",
+        "observability-breakdown",
+        "ratelimit",
+        "cache",
+        "defaults",
+    ),
 )
 def bare_fastapi() -> ASGIApp:
     """FastAPI with ``async def read_item(item_id: int, q: str | None = None) -> dict[str, Any]``
@@ -376,8 +384,19 @@ def _bastion_app(**overrides: Any) -> FastAPI:
     from bastion import Bastion
 
     app = _fastapi()
-    Bastion(app, settings=_isolated_settings(**overrides))
+    Bastion(app, settings=_isolated_settings(**_without_guard(overrides)))
     return app
+
+
+def _without_guard(overrides: dict[str, Any]) -> dict[str, Any]:
+    """``overrides`` plus the abuse guard turned off (it is on by default).
+
+    The foundation, observability and rate-limit rows measure what their budgets speak of; the
+    guard is a capability of its own, measured with everything else in `bastion-defaults`.
+    """
+    from bastion.settings import GuardSettings
+
+    return {"guard": GuardSettings(enabled=False), **overrides}
 
 
 @register(
@@ -455,8 +474,9 @@ def fastapi_bastion() -> ASGIApp:
     formatted and appended to the file by bastion's writer thread (nothing goes to stderr);
     Prometheus HTTP metrics (duration and body-size histograms, in-flight gauge, served at
     `/_bastion/metrics`); the event-loop lag monitor and the stats sampler. Tracing is off (the
-    default): no span, no exporter. Compression is off, so the row measures the observability
-    stack the budget speaks of, not capabilities added later."""
+    default): no span, no exporter. Compression and the abuse guard are off, so the row measures
+    the observability stack the budget speaks of, not capabilities added later (the
+    `bastion-defaults` row has everything)."""
     from bastion import Bastion
     from bastion.settings import CompressionSettings, LoggingSettings
 
@@ -465,7 +485,12 @@ def fastapi_bastion() -> ASGIApp:
     bastion = Bastion(
         app,
         settings=_isolated_settings(
-            logging=LoggingSettings(file=log_file), compression=CompressionSettings(enabled=False)
+            **_without_guard(
+                {
+                    "logging": LoggingSettings(file=log_file),
+                    "compression": CompressionSettings(enabled=False),
+                }
+            )
         ),
     )
 
@@ -475,6 +500,32 @@ def fastapi_bastion() -> ASGIApp:
         # process, however it ends: a uvicorn server stopped with SIGTERM re-raises the signal
         # after its shutdown, so its atexit hooks never run.
         shutil.rmtree(log_file.parent, ignore_errors=True)
+
+    bastion.add_resource("bench-log-file", open=remove_log_file)
+    return app
+
+
+@register(
+    "bastion-defaults",
+    title="FastAPI + Bastion (full default stack, log to a file)",
+    groups=("defaults",),
+)
+def fastapi_bastion_defaults() -> ASGIApp:
+    """``Bastion(app)`` with every default on (settings from defaults only, the JSON access log
+    to a temp file as in the `bastion` row): the `bastion` row plus the abuse guard (path checks,
+    the 10 MiB body limit, security headers, bans) and compression (the response is below its
+    minimum size, so nothing is compressed; the layer still looks). Layers that install only
+    when configured (rate limits, load shedding, deadlines, authentication, the response cache)
+    are absent, as in a fresh app. DESIGN §9's full-default-stack budget."""
+    from bastion import Bastion
+    from bastion.settings import LoggingSettings
+
+    log_file = _log_file()
+    app = _fastapi()
+    bastion = Bastion(app, settings=_isolated_settings(logging=LoggingSettings(file=log_file)))
+
+    async def remove_log_file() -> None:
+        shutil.rmtree(log_file.parent, ignore_errors=True)  # as in the `bastion` row
 
     bastion.add_resource("bench-log-file", open=remove_log_file)
     return app
@@ -573,3 +624,85 @@ def standalone_all() -> ASGIApp:
     """The same four layers Bastion installs, as four separate middleware: compare with the
     ``bastion-foundation`` row to see what fusing them into one ``PipelineMiddleware`` saves."""
     return _standalone_layers(context=True, boundary=True, ops=True)
+
+
+# -- 8. response caches: every request after the first is a hit -----------------------------------
+
+
+@register(
+    "fastapi-cache2", title="FastAPI + fastapi-cache2 (InMemoryBackend), hit", groups=("cache",)
+)
+def fastapi_cache2_hit() -> ASGIApp:
+    """FastAPI with fastapi-cache2's ``@cache(expire=60)`` on the endpoint and its
+    ``InMemoryBackend``, initialised in the app's lifespan, as its README shows. Every measured
+    request is a hit (the first one, the correctness check, stored the response)."""
+    from contextlib import asynccontextmanager
+
+    from fastapi import FastAPI
+    from fastapi_cache import FastAPICache
+    from fastapi_cache.backends.inmemory import InMemoryBackend
+    from fastapi_cache.decorator import cache
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> Any:
+        FastAPICache.init(InMemoryBackend(), prefix="bench")
+        yield
+
+    app = FastAPI(lifespan=lifespan)
+
+    @app.get("/items/{item_id}")
+    @cache(expire=60)
+    async def read_item(item_id: int, q: str | None = None) -> dict[str, Any]:
+        return item_payload(item_id, q)
+
+    return app
+
+
+def _cached_fastapi() -> FastAPI:
+    """The bare FastAPI endpoint, declared cacheable with bastion's ``@cache(ttl=60)``."""
+    from fastapi import FastAPI
+
+    from bastion.cache import cache
+
+    app = FastAPI()
+
+    @app.get("/items/{item_id}")
+    @cache(ttl=60)
+    async def read_item(item_id: int, q: str | None = None) -> dict[str, Any]:
+        return item_payload(item_id, q)
+
+    return app
+
+
+@register("cache-layer", title="FastAPI + bastion CacheMiddleware (memory), hit", groups=("cache",))
+def fastapi_cache_layer_hit() -> ASGIApp:
+    """bastion's response cache alone in front of FastAPI: ``app.add_middleware(CacheMiddleware)``
+    (memory backend) and ``@cache(ttl=60)`` on the endpoint; no ``Bastion``, so the layer finds
+    the route template itself. Every measured request is a hit, served before FastAPI routes."""
+    from bastion.cache import CacheMiddleware
+
+    app = _cached_fastapi()
+    app.add_middleware(CacheMiddleware)
+    return app
+
+
+@register(
+    "bastion-cache", title="FastAPI + Bastion, full default stack, cache hit", groups=("cache",)
+)
+def fastapi_bastion_cache_hit() -> ASGIApp:
+    """``Bastion(app)`` with its full default stack (settings from defaults only: metrics, the JSON
+    access log to a temp file, compression, the response cache on the memory store) and
+    ``@bastion.cache(ttl=60)`` on the endpoint. Every measured request is a hit. Compared with
+    bare, uncached FastAPI."""
+    from bastion import Bastion
+    from bastion.settings import LoggingSettings
+
+    log_file = _log_file()
+    app = _cached_fastapi()
+    bastion = Bastion(app, settings=_isolated_settings(logging=LoggingSettings(file=log_file)))
+
+    async def remove_log_file() -> None:
+        shutil.rmtree(log_file.parent, ignore_errors=True)  # as in the `bastion` row
+
+    bastion.add_resource("bench-log-file", open=remove_log_file)
+    return app

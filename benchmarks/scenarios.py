@@ -114,6 +114,7 @@ COMPARISONS: tuple[Comparison, ...] = (
     Comparison(subject="bastion", reference="assembled"),
     Comparison(subject="bastion", reference="assembled-observability"),
     Comparison(subject="bastion-ratelimit", reference="bastion-foundation"),
+    Comparison(subject="bastion-cache", reference="fastapi-cache2"),
 )
 """Extra ratios printed below the tables."""
 
@@ -146,6 +147,27 @@ BUDGETS: tuple[Budget, ...] = (
         subject="bastion-ratelimit",
         reference="fastapi",
         max_ratio=1.10,
+    ),
+    Budget(
+        statement="A hit of bastion's response cache alone in front of FastAPI (memory backend) "
+        "is at least 5x faster in-process than a fastapi-cache2 InMemoryBackend hit",
+        subject="cache-layer",
+        reference="fastapi-cache2",
+        max_ratio=0.20,
+    ),
+    Budget(
+        statement="A response-cache hit with Bastion's full default stack is at least 2x faster "
+        "in-process than the bare, uncached FastAPI endpoint",
+        subject="bastion-cache",
+        reference="fastapi",
+        max_ratio=0.50,
+    ),
+    Budget(
+        statement="Bastion's full default stack keeps at least 85 % of bare FastAPI's throughput "
+        "in-process (DESIGN §9: time per request at most 1/0.85 of bare FastAPI's)",
+        subject="bastion-defaults",
+        reference="fastapi",
+        max_ratio=1 / 0.85,
     ),
 )
 """Budgets checked when both of their apps were measured."""

@@ -8,6 +8,7 @@ import pytest
 
 from bastion.context import (
     SCOPE_KEY,
+    ContextBuilder,
     RequestContext,
     RequestContextMiddleware,
     current_context,
@@ -226,3 +227,37 @@ def test_generated_ids_are_unique_and_not_shared_with_a_forked_worker() -> None:
     many = [new_id() for _ in range(10_000)]
     assert len(many) == len(set(many))
     assert all(HEX32.fullmatch(value) for value in many)
+
+
+async def echoed_headers(
+    builder: ContextBuilder, app_headers: list[tuple[bytes, bytes]]
+) -> list[tuple[bytes, bytes]]:
+    """The response headers a start message carries after the builder's echo wrapper."""
+    sent: list[dict[str, object]] = []
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    scope = http_scope("/x")
+    echo = builder.echo(builder.build(scope), send)  # type: ignore[arg-type]
+    await echo({"type": "http.response.start", "status": 200, "headers": app_headers})
+    return sent[0]["headers"]  # type: ignore[return-value]
+
+
+async def test_fixed_response_headers_are_added_with_the_request_id() -> None:
+    """``response_headers`` ride in the same header copy as the echoed request id."""
+    builder = ContextBuilder(response_headers=[(b"X-Content-Type-Options", b"nosniff")])
+    headers = await echoed_headers(builder, [(b"content-type", b"text/plain")])
+    assert [b"content-type", b"X-Request-ID", b"x-content-type-options"] == [
+        name for name, _ in headers
+    ]
+
+
+async def test_fixed_response_headers_never_replace_the_apps_own() -> None:
+    """A header the app set (or its own request id) is kept; only the missing ones are added."""
+    builder = ContextBuilder(
+        response_headers=[(b"x-frame-options", b"DENY"), (b"referrer-policy", b"no-referrer")]
+    )
+    app_headers = [(b"x-frame-options", b"SAMEORIGIN"), (b"x-request-id", b"mine")]
+    headers = await echoed_headers(builder, app_headers)
+    assert [*app_headers, (b"referrer-policy", b"no-referrer")] == headers

@@ -13,12 +13,15 @@ import bastion
 
 PUBLIC_MODULES = [
     "bastion",
+    "bastion.auth",
+    "bastion.cache",
     "bastion.compression",
     "bastion.context",
     "bastion.events",
     "bastion.exceptions",
     "bastion.health",
     "bastion.problem",
+    "bastion.protection",
     "bastion.ratelimit",
     "bastion.settings",
     "bastion.stores",

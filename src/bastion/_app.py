@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from datetime import timedelta
 from importlib.metadata import version
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from bastion._asgi import send_json
 from bastion._clock import SYSTEM_CLOCK, Clock
@@ -15,6 +16,16 @@ from bastion._pipeline import PipelineMiddleware
 from bastion._routes import AppRouteResolver
 from bastion._shutdown import ShutdownCoordinator
 from bastion._urls import redact_url
+from bastion.auth import ApiKeys, Authenticator, AuthMiddleware
+from bastion.cache import (
+    backend_for_store,
+    cache_layer,
+    cache_options,
+    function_cache_metrics,
+    invalidates,
+    set_default_backend,
+)
+from bastion.cache import cache as cache_policy
 from bastion.context import ContextBuilder
 from bastion.events import Hooks
 from bastion.exceptions import LifespanError, StoreError
@@ -26,6 +37,13 @@ from bastion.health import (
     store_check,
 )
 from bastion.observability import Observability
+from bastion.protection import (
+    ConcurrencyLimiter,
+    GuardMiddleware,
+    SheddingMiddleware,
+    deadline_layer,
+)
+from bastion.protection._deadline import DeadlineMiddleware
 from bastion.ratelimit import RateLimitMiddleware
 from bastion.settings import Settings, load_settings
 from bastion.stores import Store, store_from_url
@@ -34,6 +52,9 @@ from bastion.types import AnyASGIApp, ASGIApp, Receive, Scope, Send
 __all__ = ["Bastion"]
 
 logger = logging.getLogger("bastion")
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 _NO_STORE = [(b"cache-control", b"no-store")]
 
@@ -113,6 +134,51 @@ class Bastion:
             self.settings.ratelimit, store=self.store, hooks=self.hooks, clock=clock
         )
         self.ratelimiter = self._ratelimit_options["limiter"]
+        # One cache backend for the response cache and ``@cached`` functions: Redis when the store
+        # is Redis (every worker shares it), else a byte-bounded memory LRU per process.
+        self.cache_backend = backend_for_store(
+            self.store,
+            max_bytes=self.settings.cache.memory_max_bytes,
+            max_ttl_s=self.settings.cache.max_ttl_s,
+            compress_min_bytes=self.settings.cache.compress_min_bytes,
+            hooks=self.hooks,
+            clock=clock,
+        )
+        set_default_backend(self.cache_backend, hooks=self.hooks)
+        function_cache_metrics(self.hooks, self.metrics)
+        self.api_keys = ApiKeys.from_settings(
+            self.settings.auth, store=self.store, hooks=self.hooks, clock=clock
+        )
+        """The API key manager (``await bastion.api_keys.create("ci", scopes=[...])``)."""
+        # Built even with the middleware off: ``bastion.require(...)`` dependencies use it.
+        self.authenticator = Authenticator.from_settings(
+            self.settings.auth, api_keys=self.api_keys, hooks=self.hooks, clock=clock
+        )
+        self._guard_options = GuardMiddleware.options_from_settings(
+            self.settings.guard,
+            store=self.store,
+            hooks=self.hooks,
+            clock=clock,
+            trusted_proxies=self.settings.context.trusted_proxies,
+        )
+        # The pipeline adds the fixed security headers (see _pipeline_options); the guard HSTS.
+        self._guard_options["hsts_only"] = True
+        self.bans = self._guard_options["bans"] if self.settings.guard.enabled else None
+        """The abuse guard's ``Bans`` (``bastion.bans.unban(ip)``), or ``None`` without bans."""
+        self._shedding_options: dict[str, Any] | None = None
+        self.concurrency_limiter: ConcurrencyLimiter | None = None
+        """The load shedder's limiter (its ``limit``, ``in_flight``, ``queued``), or ``None``
+        when ``BASTION_SHEDDING__MAX_CONCURRENT`` is unset."""
+        if self.settings.shedding.max_concurrent is not None:
+            gauges = self._concurrency_gauges()
+            self._shedding_options = SheddingMiddleware.options_from_settings(
+                self.settings.shedding, hooks=self.hooks, clock=clock, on_change=gauges
+            )
+            self.concurrency_limiter = self._shedding_options["limiter"]
+            gauges(self._shedding_options["limiter"])
+        self._deadline_options = DeadlineMiddleware.options_from_settings(
+            self.settings.deadline, hooks=self.hooks, clock=clock
+        )
         self.shutdown_coordinator = ShutdownCoordinator(
             pre_stop_delay_s=self.settings.shutdown.pre_stop_delay_s,
             drain_timeout_s=self.settings.shutdown.drain_timeout_s,
@@ -124,7 +190,13 @@ class Bastion:
         self._resources: list[_Resource] = [
             _Resource("observability", self.observability.open, self.observability.close),
             _Resource("store", self._open_store, self.store.aclose),
+            # Closed before the store: its invalidation subscription uses the store's client.
+            _Resource("cache", None, self.cache_backend.aclose),
+            _Resource("auth", None, self.authenticator.aclose),
         ]
+        if self.bans is not None:
+            # Follows the bans other workers decide; after the store, before the app's own.
+            self._resources.append(_Resource("guard", self.bans.start, self.bans.aclose))
         self._opened: list[_Resource] = []
         self._add_ops_endpoints()
         self._asgi = self._install(app)
@@ -151,6 +223,52 @@ class Bastion:
         from bastion.ratelimit import limit  # loads FastAPI's dependency machinery: only here
 
         return limit(rates, limiter=self.ratelimiter, **options)
+
+    def cache(
+        self, ttl: float | timedelta | None = None, **options: Any
+    ) -> Callable[[Callable[P, R]], Callable[P, R]]:
+        """Cache a GET route's responses: ``@bastion.cache(ttl=60, tags=["albums"])``.
+
+        A decorator on the endpoint (above or below the route decorator); ``options`` are those
+        of ``bastion.cache.cache`` (``stale_while_revalidate``, ``stale_if_error``, ``tags``,
+        ``vary``, ``public``, ``max_entry_bytes``, ``coalesce``, ``invalidate_on``, ``etag``,
+        ``store``). Served by bastion's response-cache layer, before the framework routes.
+        """
+        return cache_policy(ttl, **options)
+
+    def invalidates(self, *tags: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+        """A write endpoint whose success purges ``tags``: ``@bastion.invalidates("albums")``."""
+        return invalidates(*tags)
+
+    async def cache_purge(self, *tags: str) -> None:
+        """Invalidate every cached response (and ``@cached`` value) carrying one of ``tags``.
+
+        Raises:
+            StoreError: the cache backend could not be reached.
+        """
+        await self.cache_backend.purge(*tags)
+
+    def timeout(self, timeout_s: float | timedelta, /) -> Any:
+        """A FastAPI dependency giving a route a timeout: ``dependencies=[bastion.timeout(5)]``.
+
+        It replaces ``BASTION_DEADLINE__DEFAULT_S`` and the settings' rules for that route; the
+        handler is cancelled when it runs past it (504, see docs/shedding.md).
+        """
+        from bastion.protection import timeout  # loads FastAPI's dependency machinery: only here
+
+        return timeout(timeout_s)
+
+    def require(self, scopes: Iterable[str] = ()) -> Any:
+        """A FastAPI dependency: ``dependencies=[bastion.require(scopes=["items:write"])]``.
+
+        The route needs an authenticated caller (API key or JWT, checked by bastion's
+        authenticator) holding every one of ``scopes``: 401 with ``WWW-Authenticate`` without
+        valid credentials, 403 ``insufficient_scope`` without a scope. As a parameter default it
+        hands the handler the ``Principal``. List it before ``bastion.limit(...)``.
+        """
+        from bastion.auth import require  # loads FastAPI's dependency machinery: only here
+
+        return require(scopes, authenticator=self.authenticator)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve the wrapped app through bastion's pipeline (for non-Starlette apps)."""
@@ -209,6 +327,26 @@ class Bastion:
         limit = self.settings.health.loop_lag_degraded_s
         status = HealthStatus.DEGRADED if lag > limit else HealthStatus.UP
         return CheckResult(status, {"max_lag_s": round(lag, 6), "degraded_above_s": limit})
+
+    def _concurrency_gauges(self) -> Callable[[ConcurrencyLimiter], None]:
+        """Gauges of the load shedder, summed over the workers, and the hook that updates them."""
+        registry = self.metrics
+        limit = registry.gauge(
+            "bastion_concurrency_limit", "Concurrency limit of the load shedder."
+        ).labels()
+        in_flight = registry.gauge(
+            "bastion_concurrency_in_flight", "Requests holding a load-shedding permit."
+        ).labels()
+        queued = registry.gauge(
+            "bastion_concurrency_queued", "Requests waiting for a load-shedding permit."
+        ).labels()
+
+        def update(limiter: ConcurrencyLimiter) -> None:
+            limit.set(limiter.limit)
+            in_flight.set(limiter.in_flight)
+            queued.set(limiter.queued)
+
+        return update
 
     def _build_store(self) -> Store:
         stores = self.settings.stores
@@ -274,6 +412,12 @@ class Bastion:
     def _pipeline_options(self) -> dict[str, Any]:
         """Options of the ``PipelineMiddleware`` that carries bastion's layers."""
         settings = self.settings
+        response_headers: tuple[tuple[bytes, bytes], ...] = ()
+        security = self._guard_options.get("security_headers")
+        if settings.guard.enabled and security is not None:
+            # The guard's fixed security headers ride in the pipeline's own header copy; the
+            # guard keeps only HSTS, which depends on the request (see GuardMiddleware).
+            response_headers = security.encoded()[0]
         context = ContextBuilder(
             request_id_header=settings.context.request_id_header,
             trust_incoming_request_id=settings.context.trust_incoming_request_id,
@@ -281,6 +425,7 @@ class Bastion:
             forwarded_header=settings.context.forwarded_header,
             route_resolver=self.routes,
             clock=self.clock,
+            response_headers=response_headers,
         )
         return {
             "startup": self.startup,
@@ -293,19 +438,58 @@ class Bastion:
             "observer": self.observability.telemetry,
         }
 
-    def _inner_layers(self) -> list[tuple[type[Any], dict[str, Any]]]:
+    def _cache_options(self) -> dict[str, Any]:
+        """Options of the response-cache layer, keyed by the coding compression will choose."""
+        settings = self.settings
+        negotiator = None
+        if settings.compression.enabled:
+            from bastion.compression import available_encodings, negotiate
+
+            configured = settings.compression.encodings
+            encodings = tuple(configured) if configured else available_encodings()
+
+            def negotiator(accept_encoding: bytes | None) -> str | None:
+                return negotiate(accept_encoding, encodings)
+
+        return cache_options(
+            settings.cache,
+            backend=self.cache_backend,
+            negotiate_encoding=negotiator,
+            hooks=self.hooks,
+            clock=self.clock,
+        )
+
+    def _inner_layers(self) -> list[tuple[Callable[..., Any], dict[str, Any]]]:
         """The capability layers below the pipeline, innermost first (DESIGN §4, read upward)."""
         settings = self.settings
-        layers: list[tuple[type[Any], dict[str, Any]]] = []
+        layers: list[tuple[Callable[..., Any], dict[str, Any]]] = []
         if settings.compression.enabled:
             from bastion.compression import CompressionMiddleware, compression_options
 
             layers.append((CompressionMiddleware, compression_options(settings.compression)))
+        if settings.cache.enabled:
+            # Outside compression, so it stores each compressed variant once and a hit is not
+            # compressed again; a factory, so an app that caches nothing pays nothing.
+            layers.append((cache_layer, self._cache_options()))
         limits = settings.ratelimit
         if limits.enabled and (limits.rate or limits.global_rate or limits.rules):
             # Only when limits are configured: with none, the layer would cost every request
             # and decide nothing (route dependencies from ``bastion.limit`` work without it).
             layers.append((RateLimitMiddleware, self._ratelimit_options))
+        if settings.auth.enabled:
+            # Outside rate limiting, so limits key on the principal it sets.
+            options = AuthMiddleware.options_from_settings(
+                settings.auth, authenticator=self.authenticator
+            )
+            layers.append((AuthMiddleware, options))
+        if settings.deadline.enabled:
+            # A factory: it installs the layer only if a timeout is configured or a route
+            # declares one (Starlette builds the stack after the routes are declared).
+            layers.append((deadline_layer, self._deadline_options))
+        if self._shedding_options is not None:
+            layers.append((SheddingMiddleware, self._shedding_options))
+        if settings.guard.enabled:
+            layers.append((GuardMiddleware, self._guard_options))
         return layers
 
     def _install(self, app: ASGIApp) -> ASGIApp:
@@ -322,6 +506,9 @@ class Bastion:
             install_problem_handlers(app)
             replace_server_error_middleware(app)
             app.add_exception_handler(RateLimitRefused, rate_limit_problem)  # type: ignore[attr-defined]
+            from bastion.auth import AuthRefused, auth_problem
+
+            app.add_exception_handler(AuthRefused, auth_problem)  # type: ignore[attr-defined]
             # add_middleware puts each layer outside the ones added before it.
             for layer, layer_options in self._inner_layers():
                 add_middleware(layer, **layer_options)
@@ -329,6 +516,7 @@ class Bastion:
             if hasattr(app, "state"):
                 app.state.bastion = self
                 app.state.bastion_ratelimiter = self.ratelimiter
+                app.state.bastion_authenticator = self.authenticator
             return app
         for layer, layer_options in self._inner_layers():
             app = layer(app, **layer_options)

@@ -265,6 +265,8 @@ class ContextBuilder:
     """
 
     __slots__ = (
+        "_extra",
+        "_extra_names",
         "_forwarded",
         "_header",
         "_header_out",
@@ -283,8 +285,14 @@ class ContextBuilder:
         forwarded_header: str = "X-Forwarded-For",
         route_resolver: RouteResolver | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        response_headers: Iterable[tuple[bytes, bytes]] = (),
     ) -> None:
         self.clock = clock
+        # Fixed headers every response gets unless the app set them (``Bastion`` passes the
+        # guard's security headers here): added in the copy of the header list this wrapper
+        # makes anyway, instead of by a second send wrapper.
+        self._extra = tuple((name.lower(), value) for name, value in response_headers)
+        self._extra_names = frozenset(name for name, _ in self._extra)
         self._header = request_id_header.lower().encode("latin-1")
         self._header_out = request_id_header.encode("latin-1")
         self._trust_id = trust_incoming_request_id
@@ -296,6 +304,9 @@ class ContextBuilder:
         """Wrap ``send`` to record the response status and add the request id header."""
         header = (self._header_out, context.request_id.encode("latin-1"))
         header_name = self._header
+        extra = self._extra
+        if extra:
+            return self._echo_with(context, send, header, extra)
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -314,6 +325,36 @@ class ContextBuilder:
             await send(message)
 
         return send_with_id
+
+    def _echo_with(
+        self,
+        context: RequestContext,
+        send: Send,
+        header: tuple[bytes, bytes],
+        extra: tuple[tuple[bytes, bytes], ...],
+    ) -> Send:
+        """``echo`` that also adds the fixed ``response_headers`` the app did not set."""
+        header_name = self._header
+        names = self._extra_names | {header_name}
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                context.status = message["status"]
+                headers = message.get("headers", ())
+                for key, _ in headers:
+                    if key in names:  # the app set one of ours: add only the others
+                        present = {key for key, _ in headers}
+                        added = [] if header_name in present else [header]
+                        added += [item for item in extra if item[0] not in present]
+                        message["headers"] = [*headers, *added]
+                        break
+                else:
+                    message["headers"] = [*headers, header, *extra]
+            else:
+                context.response_bytes += len(message.get("body", b""))
+            await send(message)
+
+        return send_with_headers
 
     def build(self, scope: Scope) -> RequestContext:
         """The context of the request in ``scope`` (headers read once, route resolved)."""

@@ -24,11 +24,31 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 __all__ = [
+    "AuthStoreFailure",
+    "AuthenticationFailed",
+    "AuthenticationSucceeded",
+    "BannedRequest",
+    "BodyLimitExceeded",
+    "CacheHit",
+    "CacheMiss",
+    "CachePurged",
+    "CacheStaleServed",
+    "CacheStoreFailure",
+    "CacheStored",
+    "ClientBanned",
     "Event",
+    "FunctionCacheHit",
+    "FunctionCacheMiss",
     "Hook",
     "Hooks",
+    "NetworkDenied",
+    "PathRejected",
     "RateLimitStoreFailure",
     "RateLimited",
+    "RequestCoalesced",
+    "RequestRejected",
+    "RequestShed",
+    "RequestTimedOut",
     "StoreDown",
     "StoreUp",
     "UnhandledError",
@@ -114,6 +134,281 @@ class RateLimitStoreFailure(Event):
     """The policy applied: ``fail_open``, ``fail_closed`` or ``local_fallback``."""
     error: str
     """The store's error, as text (never contains credentials)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuthenticationFailed(Event):
+    """Credentials were refused (401/403) or could not be checked (503).
+
+    Never carries the credential: an API key appears only as its public id, a token not at all.
+    """
+
+    reason: str
+    """Why: ``malformed``, ``unknown_key``, ``wrong_secret``, ``revoked``, ``expired``,
+    ``invalid_signature``, ``wrong_audience``, ``wrong_issuer``, ``unknown_kid``,
+    ``algorithm_not_allowed``, ``missing_claim``, ``not_yet_valid``, ``ambiguous``,
+    ``missing``, ``insufficient_scope``, ``store_unavailable``, ``jwks_unavailable``, ..."""
+    status: int
+    """The status answered: 401, 403 or 503."""
+    credential: str | None
+    """``"api_key"``, ``"jwt"``, or ``None`` when none was sent."""
+    key_id: str | None
+    """The API key's public id when one was presented (never its secret)."""
+    method: str
+    """HTTP method of the request."""
+    route: str | None
+    """Route template, or ``None`` when no route matched."""
+    client: str | None
+    """The client address (as in the request context)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuthenticationSucceeded(Event):
+    """A request was authenticated; ``principal`` is now in its request context."""
+
+    principal: str
+    """The principal id (``key:<id>``, ``user:<sub>``)."""
+    credential: str
+    """``"api_key"`` or ``"jwt"``."""
+    method: str
+    """HTTP method of the request."""
+    route: str | None
+    """Route template, or ``None`` when no route matched."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuthStoreFailure(Event):
+    """An API key could not be looked up in its store; the outage policy decided instead."""
+
+    store: str
+    """Name of the store (``"redis"``)."""
+    on_store_error: str
+    """The policy applied: ``fail_closed`` or ``serve_stale``."""
+    served_stale: bool
+    """Whether a recently verified copy of the key's record answered instead of the store."""
+    error: str
+    """The store's error, as text (never contains credentials)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CachePurged(Event):
+    """Cache entries were invalidated: by tag (``purge``) or by key (``delete``, ``invalidate``)."""
+
+    backend: str
+    """The cache backend (``"memory"``, ``"redis"``)."""
+    tags: tuple[str, ...]
+    """The tags purged; empty when one key was deleted."""
+    keys: int
+    """How many keys were deleted by key (0 for a purge by tag)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CacheStoreFailure(Event):
+    """A cache operation could not reach its store; the caller went on uncached (fail open)."""
+
+    backend: str
+    """The cache backend (``"redis"``)."""
+    operation: str
+    """What failed: ``get``, ``set``, ``lock``, ``purge``, ``delete``, ``publish``."""
+    error: str
+    """The store's error, as text (never contains credentials)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CacheHit(Event):
+    """A response was served fresh from the response cache, without running the handler."""
+
+    route: str | None
+    """Route template, or ``None`` when a rule matched the raw path."""
+    method: str
+    """``GET`` or ``HEAD``."""
+    age_s: float
+    """Seconds since the response was produced (its ``Age``)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CacheMiss(Event):
+    """The response cache forwarded a request to the handler (and maybe stored the response)."""
+
+    route: str | None
+    """Route template, or ``None`` when a rule matched the raw path."""
+    method: str
+    """``GET`` or ``HEAD``."""
+    reason: str
+    """Why: ``miss`` (nothing stored), ``stale`` (stored but expired), ``request`` (the
+    client's ``Cache-Control`` asked for a fresh response)."""
+    stored: bool
+    """Whether the new response was stored."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CacheStored(Event):
+    """The response cache stored a response."""
+
+    route: str | None
+    """Route template, or ``None`` when a rule matched the raw path."""
+    bytes: int
+    """Size of the stored body."""
+    ttl_s: float
+    """Its freshness lifetime."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CacheStaleServed(Event):
+    """The response cache served an expired response (RFC 5861)."""
+
+    route: str | None
+    """Route template, or ``None`` when a rule matched the raw path."""
+    method: str
+    """``GET`` or ``HEAD``."""
+    reason: str
+    """``stale-while-revalidate`` (a refresh runs behind it) or ``stale-if-error`` (the
+    handler failed, answered 5xx or ran past the deadline)."""
+    stale_s: float
+    """Seconds since the response expired."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RequestCoalesced(Event):
+    """A request waited for a concurrent identical one and got its response (single-flight)."""
+
+    route: str | None
+    """Route template, or ``None`` when a rule matched the raw path."""
+    method: str
+    """``GET`` or ``HEAD``."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FunctionCacheHit(Event):
+    """A ``@cached`` function returned a stored value without running."""
+
+    function: str
+    """The function's qualified name (``module.qualname``) or the ``name=`` it was given."""
+    level: str
+    """Where the value came from: ``"local"`` (the in-process L1) or the backend's name."""
+    duration_s: float
+    """Seconds the call took."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FunctionCacheMiss(Event):
+    """A ``@cached`` function ran (or shared the run of a concurrent call) and stored its value."""
+
+    function: str
+    """The function's qualified name or the ``name=`` it was given."""
+    shared: bool
+    """True when the value came from a concurrent call's run (single-flight), not this call's."""
+    duration_s: float
+    """Seconds the call took, the function's run included."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientBanned(Event):
+    """The abuse guard banned a client after a burst of auth failures or client errors.
+
+    Unlike ``RateLimited``, this carries the client's address: a ban is rare, and the operator
+    needs the address to investigate it or to deny its network for good.
+    """
+
+    client: str
+    """The ban key: the client's IP address, or its IPv6 network (``2001:db8:1:2::/64``)."""
+    trigger: str
+    """What crossed its threshold: ``auth_failures`` or ``client_errors``."""
+    offences: int
+    """How many times this client has been banned within the memory period, this ban included."""
+    ban_s: float
+    """How long this ban lasts, in seconds."""
+    method: str
+    """HTTP method of the request that triggered the ban."""
+    route: str | None
+    """Route template of that request, or ``None`` when no route matched."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RequestRejected(Event):
+    """The abuse guard refused a request before the application saw it.
+
+    Subscribe to this class to receive every refusal; each reason is a subclass, so the metrics
+    bridge counts them apart (``bastion_events_total{event="path_rejected"}``).
+    """
+
+    method: str
+    """HTTP method of the request (``"WS"`` for a WebSocket handshake)."""
+    route: str | None
+    """Route template, or ``None`` when no route matched."""
+    status: int
+    """The status answered: 400, 403 or 413."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BannedRequest(RequestRejected):
+    """A request from a banned client was refused with 403 and ``Retry-After``."""
+
+    client: str
+    """The ban key (IP address or IPv6 network)."""
+    retry_after_s: float
+    """Seconds until the ban ends."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NetworkDenied(RequestRejected):
+    """A request from a network on the deny list was refused with 403."""
+
+    client: str
+    """The client's IP address."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PathRejected(RequestRejected):
+    """A request path was refused with 400: NUL byte, traversal segment or invalid UTF-8."""
+
+    problem: str
+    """``nul``, ``traversal`` or ``invalid_utf8``."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BodyLimitExceeded(RequestRejected):
+    """A request body was refused with 413 (or cut off, if the response had started)."""
+
+    limit_bytes: int
+    """The limit that applied to the request."""
+    declared: bool
+    """True when ``Content-Length`` announced too much and nothing was read."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RequestShed(Event):
+    """Load shedding refused a request with 503, or its client left while it was queued."""
+
+    reason: str
+    """Why: ``queue_full`` (no room in the queue), ``evicted`` (pushed out of a full queue by a
+    request of higher priority), ``queue_timeout`` (waited too long) or ``client_disconnected``
+    (the client went away while queued; nothing was answered)."""
+    method: str
+    """HTTP method of the request."""
+    route: str | None
+    """Route template, or ``None`` when no route matched."""
+    priority: int
+    """The request's priority."""
+    limit: int
+    """The concurrency limit at the time."""
+    waited_s: float
+    """Seconds the request spent in the queue (0 when it was refused on arrival)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RequestTimedOut(Event):
+    """A request ran past its deadline: its handler was cancelled."""
+
+    method: str
+    """HTTP method of the request."""
+    route: str | None
+    """Route template, or ``None`` when no route matched."""
+    timeout_s: float
+    """The timeout that applied to the request."""
+    response_started: bool
+    """False: answered 504. True: the response had started, so it was cut off and the
+    connection closed (the status already sent is kept)."""
 
 
 E = TypeVar("E", bound=Event)

@@ -38,14 +38,19 @@ from bastion._urls import redact_url
 from bastion.exceptions import ConfigurationError
 
 __all__ = [
+    "AuthSettings",
+    "CacheSettings",
     "CompressionSettings",
     "ContextSettings",
+    "DeadlineSettings",
+    "GuardSettings",
     "HealthSettings",
     "LoggingSettings",
     "MetricsSettings",
     "OpsSettings",
     "RateLimitSettings",
     "Settings",
+    "SheddingSettings",
     "ShutdownSettings",
     "StatsSettings",
     "StoreSettings",
@@ -55,8 +60,9 @@ __all__ = [
 ]
 
 ENV_PREFIX = "BASTION_"
-# Variables with our prefix that are not settings: the test suite's own switches.
-_NOT_SETTINGS = ("BASTION_TEST_", "BASTION_REQUIRE_SERVICES")
+# Variables with our prefix that are not settings: the test suite's own switches, and the key
+# ``bastion demo`` hands its workers.
+_NOT_SETTINGS = ("BASTION_TEST_", "BASTION_REQUIRE_SERVICES", "BASTION_DEMO_API_KEY")
 
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
 _DATABASE_SCHEMES = (
@@ -411,6 +417,453 @@ class RateLimitSettings(_Section):
             ) from None
 
 
+JWT_ASYMMETRIC_ALGORITHMS = (
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA",
+)  # fmt: skip
+"""Signature algorithms accepted with keys from a JWKS (public keys only)."""
+JWT_SYMMETRIC_ALGORITHMS = ("HS256", "HS384", "HS512")
+"""Signature algorithms accepted with a shared secret (``BASTION_AUTH__JWT_SECRET``)."""
+_LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+
+class AuthSettings(_Section):
+    """Authentication: API keys and JWT bearer tokens (``BASTION_AUTH__*``); see docs/auth.md.
+
+    API keys need no configuration: they live in bastion's store (Redis when
+    ``BASTION_REDIS_URL`` is set) and are managed with ``bastion keys``. JWT bearer tokens are
+    checked when a JWKS URL or a shared secret is set, which needs ``pip install 'bastion[auth]'``.
+    """
+
+    enabled: bool = False
+    """Install the authentication middleware: requests that carry credentials are authenticated
+    (invalid ones get 401) and ``require`` rules apply. Off by default, because an app with an
+    ``Authorization`` scheme of its own would see its tokens refused. ``bastion.require(...)``
+    route dependencies work either way."""
+    api_key_header: str = Field("X-API-Key", pattern=r"^[A-Za-z0-9-]+$")
+    """Header that carries an API key (``Authorization: Bearer <key>`` works as well)."""
+    api_key_prefix: str = Field("bst", pattern=r"^[a-z][a-z0-9]{1,15}$")
+    """First part of every new key (``bst_<id>_<secret>``): lets secret scanners and people
+    recognise a leaked key. Keys with another prefix are refused."""
+    last_used_interval_s: float = Field(60.0, gt=0)
+    """A key's last-used time is written at most once per this many seconds per worker, so a
+    busy key does not cost a store write per request."""
+    cache_s: float = Field(1.0, ge=0, le=1)
+    """How long a worker reuses a key record it read from the store. At most 1 second, so a
+    revoked key is refused by every worker within a second."""
+    on_store_error: Literal["fail_closed", "serve_stale"] = "fail_closed"
+    """When the store cannot be read: refuse with 503 (``fail_closed``), or accept keys this
+    worker verified within ``stale_s`` (``serve_stale``; a key revoked during the outage stays
+    usable on that worker until the store answers or ``stale_s`` passes)."""
+    stale_s: float = Field(300.0, gt=0)
+    """Oldest record ``serve_stale`` uses during a store outage."""
+    require: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Routes that need authentication, a JSON list of ``"[METHODS ]PATTERN[=SCOPE ...]"``:
+    ``["/admin/*=admin", "POST,PUT,DELETE /items*=items:write", "/me"]``. Patterns match the
+    route template (else the path); ``*`` matches anything. The first matching rule applies."""
+    exclude: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Route templates or path patterns the middleware never authenticates, comma-separated."""
+    realm: str = Field("api", pattern=r'^[^"\\]*$')
+    """The ``realm`` of ``WWW-Authenticate`` challenges."""
+    jwt_jwks_url: str | None = None
+    """URL of the identity provider's JWKS (``https://idp.example/.well-known/jwks.json``).
+    Security: https, except for a loopback host."""
+    jwt_secret: SecretStr | None = None
+    """Shared secret for HS256/384/512 tokens (at least 32 bytes), instead of a JWKS."""
+    jwt_issuer: str | None = None
+    """The ``iss`` every token must carry. Required with a JWKS URL or secret."""
+    jwt_audience: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Accepted ``aud`` values, comma-separated; a token must name one. Required with a JWKS URL
+    or secret: without it, a token minted by the same IdP for another service would pass."""
+    jwt_algorithms: Annotated[list[str] | None, NoDecode] = None
+    """Accepted ``alg`` values, comma-separated. Default ``RS256,ES256`` with a JWKS,
+    ``HS256`` with a secret. ``none`` is never accepted, and a JWKS never gets HS algorithms."""
+    jwt_leeway_s: float = Field(30.0, ge=0, le=300)
+    """Clock skew tolerated on ``exp``, ``nbf`` and ``iat``."""
+    jwt_required_claims: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["exp"])
+    """Claims every token must carry, comma-separated (``iss`` and ``aud`` always are)."""
+    jwt_scope_claim: str = "scope"
+    """Claim holding the token's scopes: a space-separated string or a list (``scp``)."""
+    jwt_subject_claim: str = "sub"
+    """Claim naming the user; the principal is ``user:<value>``."""
+    jwks_cache_s: float = Field(300.0, gt=0)
+    """How long fetched JWKS keys are used before they are fetched again. When the IdP does not
+    answer, the last good keys stay in use."""
+    jwks_refetch_interval_s: float = Field(10.0, gt=0)
+    """Least time between two JWKS fetches: a token with an unknown ``kid`` triggers a fetch at
+    most this often, so a flood of random ``kid`` values cannot hammer the IdP."""
+    jwks_timeout_s: float = Field(5.0, gt=0)
+    """Timeout of one JWKS fetch."""
+
+    _split = field_validator(
+        "exclude", "jwt_audience", "jwt_algorithms", "jwt_required_claims", mode="before"
+    )(_split_commas)
+
+    @field_validator("require", mode="before")
+    @classmethod
+    def _json_require(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        import json
+
+        try:
+            return json.loads(value) if value.strip() else []
+        except ValueError:
+            raise ValueError(
+                'must be a JSON list such as ["/admin/*=admin", "POST /items=items:write"]'
+            ) from None
+
+    @field_validator("jwt_jwks_url")
+    @classmethod
+    def _jwks_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http(s) URL such as https://idp.example/jwks.json")
+        if parts.scheme == "http" and parts.hostname not in _LOOPBACK_HOSTS:
+            raise ValueError(
+                "must use https (http is accepted for a loopback host only): over plain http "
+                "anyone on the path could replace the keys"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _jwt_consistent(self) -> AuthSettings:
+        jwks, secret = self.jwt_jwks_url is not None, self.jwt_secret is not None
+        # Checked here, not in a field validator, whose error would quote the rejected secret.
+        if self.jwt_secret is not None and len(self.jwt_secret.get_secret_value().encode()) < 32:
+            raise ValueError("BASTION_AUTH__JWT_SECRET must be at least 32 bytes (RFC 7518 §3.2)")
+        if jwks and secret:
+            raise ValueError(
+                "set BASTION_AUTH__JWT_JWKS_URL or BASTION_AUTH__JWT_SECRET, not both: one "
+                "verifier per app keeps asymmetric and shared-secret keys apart"
+            )
+        if self.require and not self.enabled:
+            raise ValueError(
+                "BASTION_AUTH__REQUIRE needs BASTION_AUTH__ENABLED=true (the middleware applies it)"
+            )
+        if not (jwks or secret):
+            return self
+        if not self.jwt_issuer:
+            raise ValueError("BASTION_AUTH__JWT_ISSUER must be set to check JWT bearer tokens")
+        if not self.jwt_audience:
+            raise ValueError("BASTION_AUTH__JWT_AUDIENCE must be set to check JWT bearer tokens")
+        allowed = JWT_ASYMMETRIC_ALGORITHMS if jwks else JWT_SYMMETRIC_ALGORITHMS
+        for algorithm in self.jwt_algorithms or ():
+            if algorithm not in allowed:
+                source = "a JWKS" if jwks else "a shared secret"
+                raise ValueError(
+                    f"BASTION_AUTH__JWT_ALGORITHMS: {algorithm!r} is not accepted with {source}; "
+                    f"use some of {', '.join(allowed)}"
+                )
+        if self.jwt_algorithms == []:
+            raise ValueError("BASTION_AUTH__JWT_ALGORITHMS must not be empty")
+        return self
+
+
+def _check_networks(value: list[str]) -> list[str]:
+    import ipaddress
+
+    for item in value:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise ValueError(
+                f"{item!r} is not an IP address or CIDR network (e.g. 203.0.113.0/24)"
+            ) from None
+    return value
+
+
+REFERRER_POLICIES = (
+    "no-referrer",
+    "no-referrer-when-downgrade",
+    "origin",
+    "origin-when-cross-origin",
+    "same-origin",
+    "strict-origin",
+    "strict-origin-when-cross-origin",
+    "unsafe-url",
+)
+"""The values ``Referrer-Policy`` accepts (W3C Referrer Policy §3)."""
+
+
+class GuardSettings(_Section):
+    """Abuse guard: bans, IP lists, path checks, body limit, security headers
+    (``BASTION_GUARD__*``); see docs/protection.md."""
+
+    enabled: bool = True
+    """Install the guard layer (DESIGN §4 layer 5)."""
+    check_paths: bool = True
+    """Refuse (400) paths with a NUL byte, a ``..`` segment (also %-encoded, double-encoded or
+    with backslashes) or invalid UTF-8."""
+    max_body_bytes: int = Field(10 * 1024 * 1024, ge=0)
+    """Largest request body accepted, in bytes (413 beyond it, counted while streaming);
+    ``0`` for no limit. The default is 10 MiB."""
+    body_limits: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Per-route limits as ``[METHODS ]PATTERN=BYTES`` entries, comma-separated, or a JSON object
+    ``{"POST /uploads/*": 104857600}``; matched against the route template (``*`` matches
+    anything), the first match wins, ``0`` means no limit."""
+    allow: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """IP addresses or CIDR networks that are never denied or banned, comma-separated."""
+    deny: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """IP addresses or CIDR networks refused with 403, comma-separated (``allow`` wins)."""
+    bans: bool = True
+    """Ban clients that produce bursts of auth failures or client errors."""
+    auth_failures: int = Field(20, ge=0)
+    """Auth failures (401, 403) within ``window_s`` that ban a client; ``0`` disables."""
+    client_errors: int = Field(200, ge=0)
+    """Client errors (4xx but ``ignored_statuses``) within ``window_s`` that ban a client;
+    ``0`` disables."""
+    window_s: float = Field(60.0, gt=0)
+    """The sliding window the offences are counted in, in seconds."""
+    ban_s: float = Field(60.0, gt=0)
+    """Length of a first ban; each further ban within ``memory_s`` doubles it."""
+    max_ban_s: float = Field(3600.0, gt=0)
+    """The longest a ban grows to."""
+    memory_s: float = Field(86_400.0, gt=0)
+    """How long a client's past bans count towards the length of its next one."""
+    ignored_statuses: Annotated[list[int], NoDecode] = Field(default_factory=lambda: [429])
+    """4xx statuses that are not offences, comma-separated (by default 429: the rate limiter
+    answers those, and counting them would turn a rate limit into a ban)."""
+    ban_private_networks: bool = False
+    """Also ban loopback, private and link-local addresses. Off by default: behind a proxy
+    that is not in ``BASTION_CONTEXT__TRUSTED_PROXIES``, every client appears as the proxy's
+    private address, and one abuser would ban everybody."""
+    ipv6_prefix: int = Field(64, ge=32, le=128)
+    """IPv6 clients are banned by network of this prefix length: one host controls a /64."""
+    on_store_error: Literal["fail_open", "local_fallback"] = "fail_open"
+    """When Redis fails: count nothing and ban nobody (``fail_open``), or count and ban in
+    each process until it answers (``local_fallback``)."""
+    security_headers: bool = True
+    """Add the security headers below to responses that do not set them already."""
+    content_type_options: bool = True
+    """Send ``X-Content-Type-Options: nosniff``."""
+    frame_options: Literal["DENY", "SAMEORIGIN", "off"] = "DENY"
+    """``X-Frame-Options``: who may frame the pages (``off`` sends none)."""
+    referrer_policy: str = "strict-origin-when-cross-origin"
+    """``Referrer-Policy`` value (empty sends none)."""
+    content_security_policy: str = ""
+    """``Content-Security-Policy`` value (empty sends none; ``default-src 'none';
+    frame-ancestors 'none'`` suits a pure JSON API, but breaks the interactive docs)."""
+    hsts_max_age_s: int = Field(0, ge=0)
+    """``Strict-Transport-Security`` max-age, sent on HTTPS requests only; ``0`` sends none.
+    Security: browsers remember it for that long, so turn it on once HTTPS works everywhere."""
+    hsts_include_subdomains: bool = False
+    """Add ``includeSubDomains`` to HSTS."""
+    hsts_preload: bool = False
+    """Add ``preload`` to HSTS (only for domains submitted to the browsers' preload list)."""
+
+    _split = field_validator("allow", "deny", "ignored_statuses", mode="before")(_split_commas)
+    _nets = field_validator("allow", "deny")(_check_networks)
+
+    @field_validator("ignored_statuses")
+    @classmethod
+    def _client_errors(cls, value: list[int]) -> list[int]:
+        for status in value:
+            if not 400 <= status <= 499:
+                raise ValueError(f"{status} is not a 4xx status")
+        return value
+
+    @field_validator("referrer_policy")
+    @classmethod
+    def _referrer(cls, value: str) -> str:
+        for token in filter(None, (part.strip() for part in value.split(","))):
+            if token not in REFERRER_POLICIES:
+                raise ValueError(f"{token!r} is not one of {', '.join(REFERRER_POLICIES)}")
+        return value
+
+    @field_validator("body_limits", mode="before")
+    @classmethod
+    def _limit_entries(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("{"):
+                import json
+
+                try:
+                    value = json.loads(text)
+                except ValueError:
+                    raise ValueError(
+                        'must be a JSON object such as {"POST /uploads/*": 1048576}'
+                    ) from None
+            else:
+                # Entries end in "=BYTES"; a comma inside a method list ("GET,POST /x=5") is
+                # glued back to the entry it belongs to.
+                value, pending = [], ""
+                for part in text.split(","):
+                    pending = f"{pending},{part}" if pending else part
+                    if "=" in part:
+                        value.append(pending.strip())
+                        pending = ""
+                if pending.strip():
+                    value.append(pending.strip())
+        if isinstance(value, dict):
+            return [f"{pattern}={limit}" for pattern, limit in value.items()]
+        return value
+
+    @field_validator("body_limits")
+    @classmethod
+    def _limits(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            pattern, _, limit = entry.rpartition("=")
+            if not pattern.strip() or not limit.strip().isdigit():
+                raise ValueError(
+                    f"{entry!r} is not '[METHODS ]PATTERN=BYTES' with BYTES >= 0 "
+                    "(e.g. 'POST /uploads/*=104857600')"
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _ban_lengths(self) -> GuardSettings:
+        if self.max_ban_s < self.ban_s:
+            raise ValueError(
+                f"BASTION_GUARD__MAX_BAN_S ({self.max_ban_s:g}) must not be less than "
+                f"BASTION_GUARD__BAN_S ({self.ban_s:g})"
+            )
+        return self
+
+
+def _json_list(value: Any, example: str) -> Any:
+    """Parse a JSON list given as an environment string; other values pass through."""
+    if not isinstance(value, str):
+        return value
+    import json
+
+    try:
+        return json.loads(value) if value.strip() else []
+    except ValueError:
+        raise ValueError(f"must be a JSON list such as {example}") from None
+
+
+class SheddingSettings(_Section):
+    """Load shedding: concurrency limit, priority queue, adaptive limit
+    (``BASTION_SHEDDING__*``); see docs/shedding.md. Process-local: each worker has its own."""
+
+    max_concurrent: int | None = Field(None, gt=0)
+    """Most requests each worker runs at once (the starting point when ``adaptive``); unset:
+    no load shedding. Ops endpoints (health, metrics) are never limited."""
+    queue_size: int = Field(100, ge=0)
+    """Most requests waiting for a permit per worker; beyond it, requests of the lowest
+    priority are shed (503). ``0`` sheds at once everything beyond the limit."""
+    queue_timeout_s: float = Field(1.0, gt=0)
+    """Longest a request waits in the queue before it is shed."""
+    queue_order: Literal["fifo", "lifo"] = "fifo"
+    """Among waiters of equal priority: oldest first, or newest first (``lifo`` keeps latency
+    low for the requests served during a long overload, at the expense of fairness)."""
+    retry_after_s: int = Field(1, gt=0)
+    """``Retry-After`` of a shed response is drawn from [this, twice this] seconds."""
+    priorities: Annotated[list[str | dict[str, Any]], NoDecode] = Field(default_factory=list)
+    """Priority by route template or path pattern, a JSON list; the first match is added to
+    the request's priority (higher is served first):
+    ``["GET /health*=100", {"path": "/exports/*", "priority": -10}]``."""
+    principal_priorities: dict[str, int] = Field(default_factory=dict)
+    """Priority added per principal, a JSON object: ``{"key:partner1": 10}``. Applies to
+    principals known before admission (see docs/shedding.md)."""
+    exclude: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Route templates or path patterns never limited, comma-separated (long-lived streams)."""
+    adaptive: Literal["off", "gradient2", "aimd"] = "off"
+    """Move the limit from measured latency: ``gradient2`` (Netflix's default) or ``aimd``."""
+    min_limit: int = Field(5, gt=0)
+    """Lowest limit the adaptive algorithm may choose."""
+    max_limit: int = Field(1000, gt=0)
+    """Highest limit the adaptive algorithm may choose."""
+    smoothing: float = Field(0.2, gt=0, le=1)
+    """Gradient2: weight of each new estimate (lower reacts more slowly)."""
+    latency_threshold_s: float = Field(1.0, gt=0)
+    """AIMD: a window whose average latency exceeds this shrinks the limit."""
+    window_s: float = Field(1.0, gt=0)
+    """Adaptive: length of a sampling window, in seconds."""
+    window_min_samples: int = Field(10, gt=0)
+    """Adaptive: requests a window needs before it moves the limit."""
+
+    _split = field_validator("exclude", mode="before")(_split_commas)
+
+    @field_validator("priorities", mode="before")
+    @classmethod
+    def _json_priorities(cls, value: Any) -> Any:
+        return _json_list(value, '["GET /health*=100", {"path": "/exports/*", "priority": -10}]')
+
+    @model_validator(mode="after")
+    def _bounds(self) -> SheddingSettings:
+        if self.adaptive == "off" or self.max_concurrent is None:
+            return self
+        if not self.min_limit <= self.max_concurrent <= self.max_limit:
+            raise ValueError(
+                f"BASTION_SHEDDING__MAX_CONCURRENT ({self.max_concurrent}) must lie between "
+                f"BASTION_SHEDDING__MIN_LIMIT ({self.min_limit}) and "
+                f"BASTION_SHEDDING__MAX_LIMIT ({self.max_limit}) when adaptive"
+            )
+        return self
+
+
+class DeadlineSettings(_Section):
+    """Request deadlines: timeouts by route (``BASTION_DEADLINE__*``); see docs/shedding.md."""
+
+    enabled: bool = True
+    """Install the deadline layer when a timeout is configured or declared on a route."""
+    default_s: float | None = Field(None, gt=0)
+    """Timeout of every request no rule or route declaration covers; unset: none."""
+    rules: Annotated[list[str | dict[str, Any]], NoDecode] = Field(default_factory=list)
+    """Timeouts by route template or path pattern, a JSON list; the first match replaces the
+    default: ``["/reports/*=30", {"path": "GET /search", "timeout_s": 2.5}]``."""
+    exclude: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Route templates or path patterns without a timeout from these settings, comma-separated
+    (long-lived streams); a route's own ``timeout()`` still applies."""
+
+    _split = field_validator("exclude", mode="before")(_split_commas)
+
+    @field_validator("rules", mode="before")
+    @classmethod
+    def _json_rules(cls, value: Any) -> Any:
+        return _json_list(value, '["/reports/*=30", {"path": "GET /search", "timeout_s": 2.5}]')
+
+
+class CacheSettings(_Section):
+    """The HTTP response cache (``BASTION_CACHE__*``); see docs/cache.md.
+
+    Routes are cached when they declare it (``@bastion.cache(ttl=60)``) or when a rule here
+    matches them. Entries live in Redis when ``BASTION_REDIS_URL`` is set (every worker shares
+    them), else in a memory backend of ``memory_max_bytes`` per process.
+    """
+
+    enabled: bool = True
+    """Install the response cache layer (routes with no policy pay one dict lookup)."""
+    default_ttl_s: float = Field(60.0, gt=0)
+    """Freshness lifetime of a response whose policy and ``Cache-Control`` set none."""
+    max_entry_bytes: int = Field(1024 * 1024, ge=0)
+    """Largest body stored; larger responses stream through uncached."""
+    memory_max_bytes: int = Field(64 * 1024 * 1024, gt=0)
+    """Bytes the in-process backend holds before evicting the least recently used entries
+    (without Redis)."""
+    rules: Annotated[list[str | dict[str, Any]], NoDecode] = Field(default_factory=list)
+    """Policies by route template or path pattern, a JSON list; the first match applies to
+    routes that declare none: ``["/albums*=60", {"path": "/tracks/{track_id}", "ttl": 30,
+    "tags": ["tracks"], "stale_while_revalidate": 30}]``."""
+    honor_request_cache_control: bool = True
+    """Obey the client's ``Cache-Control: no-cache / no-store / max-age`` (RFC 9111). Turn it
+    off to stop any client from making the handler run on demand, as CDNs usually do."""
+    private_headers: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Request headers that identify the caller besides ``Authorization`` and ``Cookie``
+    (``X-API-Key``), comma-separated: requests carrying one get entries of their own."""
+    lock_ttl_s: float = Field(10.0, gt=0)
+    """Life of the cross-worker lock a miss takes: the longest a crashed worker delays others."""
+    wait_s: float = Field(10.0, gt=0)
+    """The longest a request waits for another worker's miss before running the handler."""
+    max_ttl_s: float = Field(86_400.0, gt=0, allow_inf_nan=False)
+    """The longest any entry lives (responses and ``@cached`` values); longer TTLs are shortened
+    to it. A purged tag's version is remembered this long in Redis."""
+    compress_min_bytes: int = Field(1024, ge=0)
+    """Entries of at least this size are stored compressed in Redis (zstd, else zlib) when that
+    makes them smaller; the memory backend keeps them as they are."""
+
+    _split = field_validator("private_headers", mode="before")(_split_commas)
+
+    @field_validator("rules", mode="before")
+    @classmethod
+    def _json_rules(cls, value: Any) -> Any:
+        return _json_list(value, '["/albums*=60", {"path": "/tracks/{track_id}", "ttl": 30}]')
+
+
 class Settings(BaseSettings):
     """All of bastion's settings. Build with ``load_settings()`` to get readable errors."""
 
@@ -443,7 +896,12 @@ class Settings(BaseSettings):
     stats: StatsSettings = Field(default_factory=StatsSettings)
     tracing: TracingSettings = Field(default_factory=TracingSettings)
     ratelimit: RateLimitSettings = Field(default_factory=RateLimitSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
     compression: CompressionSettings = Field(default_factory=CompressionSettings)
+    guard: GuardSettings = Field(default_factory=GuardSettings)
+    shedding: SheddingSettings = Field(default_factory=SheddingSettings)
+    deadline: DeadlineSettings = Field(default_factory=DeadlineSettings)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
 
     @field_validator("redis_url")
     @classmethod

@@ -96,7 +96,7 @@ def test_config_prints_one_line_per_setting_with_secrets_masked(
     assert "BASTION_OPS__ADMIN_KEY=**********" in lines
     assert "BASTION_CONTEXT__TRUSTED_PROXIES=10.0.0.0/8,127.0.0.1" in lines
     assert "BASTION_STORES__REQUIRED_AT_STARTUP=false" in lines
-    assert all(re.fullmatch(r"BASTION_[A-Z_]+=.*", line) for line in lines)
+    assert all(re.fullmatch(r"BASTION_[A-Z0-9_]+=.*", line) for line in lines)
 
 
 def test_config_lines_read_back_as_the_same_settings(

@@ -67,8 +67,12 @@ def demo_app(seeded_database_url: str) -> FastAPI:
 
 @pytest.fixture
 async def client(demo_app: FastAPI, anyio_backend: str) -> AsyncIterator[httpx.AsyncClient]:
-    """An HTTP client talking to the started demo app in-process."""
+    """An HTTP client talking to the started demo app in-process, sending the demo's API key
+    (writes need it; reads ignore it)."""
     async with lifespan(demo_app):
         transport = httpx.ASGITransport(app=demo_app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        headers = {"x-api-key": demo_app.state.demo_api_key}
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://test", headers=headers
+        ) as client:
             yield client

@@ -204,6 +204,52 @@ async def test_artist_writes_are_rate_limited(client: httpx.AsyncClient) -> None
     assert seed.ARTIST_COUNT + 10 == (await client.get("/artists")).json()["total"]
 
 
+async def test_oversized_artist_bodies_are_refused_before_parsing(
+    client: httpx.AsyncClient,
+) -> None:
+    """The demo limits artist writes to 16 KiB: a larger body is a 413 problem, nothing made."""
+    response = await client.post("/artists", json={"name": "Big", "notes": "x" * 20_000})
+    assert (413, "application/problem+json") == (
+        response.status_code,
+        response.headers["content-type"],
+    )
+    assert seed.ARTIST_COUNT == (await client.get("/artists")).json()["total"]
+
+
+async def test_responses_carry_the_security_headers(client: httpx.AsyncClient) -> None:
+    """The guard adds nosniff, frame and referrer policies to the catalog's responses."""
+    headers = (await client.get("/artists/1")).headers
+    assert ("nosniff", "DENY", "strict-origin-when-cross-origin") == (
+        headers["x-content-type-options"],
+        headers["x-frame-options"],
+        headers["referrer-policy"],
+    )
+
+
+async def test_artist_writes_need_the_demo_key(client: httpx.AsyncClient) -> None:
+    """POST /artists without a key, with an empty one or a bad one: 401 with a challenge."""
+    body = {"name": "No Key Band"}
+    empty = await client.post("/artists", json=body, headers={"x-api-key": ""})
+    del client.headers["x-api-key"]
+    missing = await client.post("/artists", json=body)
+    wrong = await client.post("/artists", json=body, headers={"x-api-key": "bst_wrong"})
+    assert [401, 401, 401] == [r.status_code for r in (empty, missing, wrong)]
+    assert 'Bearer realm="api"' == missing.headers["www-authenticate"]
+    assert 'error="invalid_token"' in wrong.headers["www-authenticate"]
+    assert seed.ARTIST_COUNT == (await client.get("/artists")).json()["total"]
+
+
+async def test_a_key_without_the_write_scope_is_403(
+    client: httpx.AsyncClient, demo_app: FastAPI
+) -> None:
+    """A valid key lacking catalog:write may read but not write (403 insufficient_scope)."""
+    reader = await demo_app.state.bastion.api_keys.create("reader", scopes=["catalog:read"])
+    headers = {"x-api-key": reader.key}
+    response = await client.post("/artists", json={"name": "Reader Band"}, headers=headers)
+    assert (403, ["catalog:write"]) == (response.status_code, problem(response)["required_scopes"])
+    assert 200 == (await client.get("/artists", headers=headers)).status_code
+
+
 @pytest.mark.parametrize(
     "payload",
     [

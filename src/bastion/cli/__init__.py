@@ -5,6 +5,8 @@
     bastion demo [--host H] [--port P] [--reload | --workers N]   serve the demo music catalog
     bastion config [--json]                                       print the effective settings
     bastion doctor                                                check settings and backends
+    bastion keys create|list|revoke|rotate                        manage API keys in Redis
+    bastion cache purge --tag T [--tag T2]                        purge cached entries by tag
 
 Every command validates the settings first and stops on invalid ones. Exit codes: ``0`` success,
 ``1`` a check or the server failed, ``2`` invalid settings or command line.
@@ -16,7 +18,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
-from bastion.cli import _config, _demo, _doctor
+from bastion.cli import _cache, _config, _demo, _doctor, _keys
 from bastion.cli._common import EXIT_USAGE
 
 if TYPE_CHECKING:
@@ -26,7 +28,7 @@ __all__ = ["build_parser", "main"]
 
 # Each command module contributes ``register(subparsers)``; new commands (bench, jobs, cache)
 # add a module and a line here.
-_COMMANDS = (_demo, _config, _doctor)
+_COMMANDS = (_demo, _config, _doctor, _keys, _cache)
 
 
 def build_parser() -> argparse.ArgumentParser:

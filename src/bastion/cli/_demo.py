@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bastion._urls import redact_url
+from bastion.auth import generate_key
 from bastion.cli._common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, settings_or_report
 from bastion.exceptions import BastionError
 
@@ -26,6 +27,10 @@ __all__ = ["banner", "register"]
 
 APP = "bastion.demo:app"
 """What uvicorn serves: an import string, so ``--reload`` and ``--workers`` can re-import it."""
+
+DEMO_KEY_VARIABLE = "BASTION_DEMO_API_KEY"
+"""Carries the demo's API key to every worker (read by ``bastion.demo.keys``, which this module
+does not import: that needs FastAPI, checked only when the command runs)."""
 
 # Ops endpoints worth a line in the banner, in the order shown; each only if registered.
 _OPS_LINES = (
@@ -117,6 +122,10 @@ def banner(app: FastAPI, bastion: Bastion, *, base_url: str, workers: int, reloa
     ]
     if app.docs_url:
         lines.append(f"  API docs   {base_url}{app.docs_url}")
+    demo_key = getattr(app.state, "demo_api_key", None)
+    if demo_key:
+        # Printed on purpose: the demo's writes need it. Only its hash goes into the store.
+        lines.append(f"  API key    {demo_key}  (X-API-Key; writes need it)")
     if settings.ops.enabled:
         registered = set(bastion.ops.paths())
         for label, candidates in _OPS_LINES:
@@ -144,6 +153,9 @@ def run(args: argparse.Namespace) -> int:
         # A person is watching: readable lines rather than JSON, unless the format was chosen.
         # Set in the environment, so that every worker process makes the same choice.
         os.environ["BASTION_LOGGING__FORMAT"] = "console"
+    if not os.environ.get(DEMO_KEY_VARIABLE):
+        # One key for the banner and every worker process, which inherit the environment.
+        os.environ[DEMO_KEY_VARIABLE] = generate_key(settings.auth.api_key_prefix)[0]
     try:
         # The very app the server will serve: with one worker uvicorn imports this same module
         # object, so the banner describes exactly what runs.

@@ -7,11 +7,13 @@ from typing import Annotated, Generic, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
+    "AlbumCreate",
     "AlbumDetail",
     "AlbumOut",
     "ArtistCreate",
     "ArtistOut",
     "Page",
+    "TrackCreate",
     "TrackOut",
 ]
 
@@ -63,6 +65,26 @@ class AlbumOut(_Out):
     title: str
     year: int
     genre: str
+
+
+class AlbumCreate(BaseModel):
+    """A new album by an existing artist."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    artist_id: Annotated[int, Field(ge=1, examples=[1])]
+    title: Annotated[str, Field(min_length=1, max_length=200, examples=["Night Market"])]
+    year: Annotated[int, Field(ge=1000, le=2100, examples=[2024])]
+    genre: Annotated[str, Field(min_length=1, max_length=50, examples=["highlife"])]
+
+
+class TrackCreate(BaseModel):
+    """A new track, appended to an album (its number is the next free one)."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    title: Annotated[str, Field(min_length=1, max_length=200, examples=["Lantern Song"])]
+    duration_s: Annotated[int, Field(ge=1, le=24 * 3600, examples=[245])]
 
 
 class AlbumDetail(AlbumOut):

@@ -1,4 +1,4 @@
-"""``/artists``: list, read and create artists."""
+"""``/artists``: list, read and create artists, and an artist's statistics (``@cached``)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,12 @@ from fastapi import APIRouter, HTTPException, Path, Request, Response
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
+from bastion.auth import require
+from bastion.demo.keys import WRITE_SCOPE
 from bastion.demo.models import MAX_ID, Artist
 from bastion.demo.routers.deps import PageDep, SessionDep, problem_responses
 from bastion.demo.schemas import ArtistCreate, ArtistOut, Page
+from bastion.demo.stats import ArtistStats, artist_stats
 from bastion.ratelimit import limit
 
 __all__ = ["router"]
@@ -44,13 +47,22 @@ async def get_artist(artist_id: ArtistId, session: SessionDep) -> ArtistOut:
     return ArtistOut.model_validate(artist)
 
 
+@router.get("/{artist_id}/stats", responses=problem_responses(404, 422))
+async def get_artist_stats(artist_id: ArtistId, session: SessionDep) -> ArtistStats:
+    """Album and track counts of an artist, kept by bastion's function cache (``@cached``)."""
+    if await session.get(Artist, artist_id) is None:
+        raise HTTPException(404, detail=f"Artist {artist_id} does not exist.")
+    return await artist_stats(artist_id, session)
+
+
 @router.post(
     "",
     status_code=201,
-    responses=problem_responses(409, 422, 429),
-    # Writes are limited per client (or per API key, once authentication sets the principal),
-    # through the limiter Bastion built: Redis-wide when BASTION_REDIS_URL is set.
-    dependencies=[limit("10/minute; 100/hour", name="artist-writes")],
+    responses=problem_responses(401, 403, 409, 422, 429),
+    # Writes need an API key with scope catalog:write (the demo prints one). They are limited
+    # per key (authentication comes first and sets the principal the limit keys on), through
+    # the limiter Bastion built: Redis-wide when BASTION_REDIS_URL is set.
+    dependencies=[require([WRITE_SCOPE]), limit("10/minute; 100/hour", name="artist-writes")],
 )
 async def create_artist(
     body: ArtistCreate, session: SessionDep, request: Request, response: Response

@@ -1,0 +1,14 @@
+-- Revoke an API key, keeping the time of the first revocation.
+--
+-- KEYS[1]  the key's record (a hash)
+-- ARGV[1]  the time of revocation (seconds since the epoch)
+--
+-- Returns 1 if the key exists (revoked now or before), 0 if it does not.
+if redis.call("EXISTS", KEYS[1]) == 0 then
+    return 0
+end
+local revoked = redis.call("HGET", KEYS[1], "revoked")
+if not revoked or revoked == "" then
+    redis.call("HSET", KEYS[1], "revoked", ARGV[1])
+end
+return 1
