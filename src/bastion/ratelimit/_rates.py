@@ -158,6 +158,7 @@ class CompiledQuota:
         "policy_item",
         "quota",
         "quoted",
+        "spec",
         "suffix",
     )
 
@@ -174,6 +175,8 @@ class CompiledQuota:
         self.policy_item = f"{self.quoted};q={quota.limit};w={quota.period_s}"
         # The algorithm is part of the key: state written by one algorithm is never read by another.
         self.suffix = f"{self.code}:{quota.period_s}"
+        # What the Redis script reads of the quota, as one argument: "algorithm limit period burst"
+        self.spec = f"{self.code} {self.limit} {self.period_us} {self.burst}".encode()
 
     def scaled(self, workers: int) -> CompiledQuota:
         """This quota divided among ``workers`` processes (at least 1 each), same policy name."""

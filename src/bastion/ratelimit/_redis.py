@@ -19,9 +19,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from importlib import resources
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 from bastion._clock import Clock
+from bastion.exceptions import StoreDataError
 from bastion.ratelimit._rates import CompiledQuota
 
 if TYPE_CHECKING:
@@ -74,11 +75,14 @@ class RedisBackend:
             StoreError: the script failed or Redis is unavailable (``StoreUnavailable``).
         """
         clock = self._clock
-        args: list[int | str] = ["" if clock is None else int(clock.time() * 1_000_000)]
+        args: list[int | str | bytes] = ["" if clock is None else int(clock.time() * 1_000_000)]
         for quota, cost in zip(quotas, costs, strict=True):
-            args += (quota.code, quota.limit, quota.period_us, quota.burst, cost)
+            args += (quota.spec, cost)
         prefix = self._prefix
         full_keys = [prefix + key for key in keys]
         with self._guard:
-            values = await self._batcher.script(self._script, full_keys, args)
-        return cast("list[float]", values)
+            reply = await self._batcher.script(self._script, full_keys, args)
+        try:
+            return [int(value) for value in reply.split()]
+        except (AttributeError, ValueError) as exc:  # not our script's reply: a broken server
+            raise StoreDataError(f"unexpected rate-limit reply {reply!r}") from exc

@@ -3,12 +3,15 @@
 --
 -- KEYS[i]  the state of quota i, a hash: fixed window {w, c}, sliding window {w, p, c}, GCRA {t}
 -- ARGV[1]  now in microseconds, or "" to read the server's TIME (one clock for every host)
--- ARGV[2 + 5(i-1) ...]  for quota i: algorithm (1 fixed window, 2 sliding window, 3 GCRA),
---          limit, period in microseconds, burst (GCRA), cost
+-- ARGV[2i]  for quota i: "algorithm limit period burst" (algorithm 1 fixed window, 2 sliding
+--          window, 3 GCRA; period in microseconds; burst for GCRA)
+-- ARGV[2i + 1]  the cost of the request for quota i
 --
--- Returns {allowed, r1, t1, retry1, r2, t2, retry2, ...}: allowed is 1 or 0; r is the quota left
--- after this request; t the microseconds until r next grows; retry the microseconds until this
--- quota would admit the request (0 when it admits it now).
+-- Returns "allowed r1 t1 retry1 r2 t2 retry2 ...", one string: allowed is 1 or 0; r is the quota
+-- left after this request; t the microseconds until r next grows; retry the microseconds until
+-- this quota would admit the request (0 when it admits it now). One string instead of an array:
+-- the client reads one reply line instead of one per number, and parsing is what costs a Python
+-- client most per decision.
 --
 -- The arithmetic is mirrored line by line in ratelimit/_memory.py: both backends must decide
 -- alike. Times are integers (doubles hold them exactly below 2^53); only the sliding window's
@@ -42,14 +45,14 @@ local quotas = {}
 
 -- First pass: read every state and decide. Nothing is written yet.
 for i = 1, #KEYS do
-    local a = 2 + 5 * (i - 1)
+    local algorithm, limit, period, burst = string.match(ARGV[2 * i], "^(%d+) (%d+) (%d+) (%d+)$")
     local q = {
-        algorithm = tonumber(ARGV[a]),
-        limit = tonumber(ARGV[a + 1]),
-        period = tonumber(ARGV[a + 2]),
-        burst = tonumber(ARGV[a + 3]),
+        algorithm = tonumber(algorithm),
+        limit = tonumber(limit),
+        period = tonumber(period),
+        burst = tonumber(burst),
     }
-    local cost = tonumber(ARGV[a + 4])
+    local cost = tonumber(ARGV[2 * i + 1])
     local limit, period = q.limit, q.period
     local key = KEYS[i]
 
@@ -173,8 +176,8 @@ for i = 1, #KEYS do
         end
     end
 
-    result[#result + 1] = remaining
-    result[#result + 1] = reset
-    result[#result + 1] = q.retry
+    result[#result + 1] = int(remaining)
+    result[#result + 1] = int(reset)
+    result[#result + 1] = int(q.retry)
 end
-return result
+return table.concat(result, " ")
