@@ -1,13 +1,30 @@
-"""A minimal raw-ASGI client for middleware tests: no framework, no network, every message seen."""
+"""A minimal raw-ASGI client for middleware tests: no framework, no network, every message seen.
+
+``client_for(app)`` is the framework-level counterpart: an httpx client talking to ``app`` in
+process, with its lifespan running.
+"""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import orjson
 
+from bastion.testing import lifespan
 from bastion.types import ASGIApp, Message
+
+
+@asynccontextmanager
+async def client_for(app: ASGIApp) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client talking to ``app`` in-process, with its lifespan running."""
+    async with lifespan(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            yield client
 
 
 @dataclass

@@ -20,7 +20,8 @@ from bastion import Bastion, Settings, current_context
 from bastion.exceptions import LifespanError
 from bastion.stores import MemoryStore
 from bastion.testing import lifespan
-from bastion.types import ASGIApp, Receive, Scope, Send
+from bastion.types import Receive, Scope, Send
+from tests.asgi import client_for
 
 pytestmark = pytest.mark.anyio
 
@@ -28,15 +29,6 @@ pytestmark = pytest.mark.anyio
 def settings(**overrides: Any) -> Settings:
     """Settings that ignore the developer's environment and .env."""
     return Settings(_env_file=None, **overrides)
-
-
-@asynccontextmanager
-async def client_for(app: ASGIApp) -> AsyncIterator[httpx.AsyncClient]:
-    """An HTTP client talking to ``app`` in-process, with its lifespan running."""
-    async with lifespan(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            yield client
 
 
 class Album(BaseModel):

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import httpx
 import pytest
 from litestar import Litestar, get
 from litestar.params import FromPath
 
 from bastion import Bastion, Settings, current_context
-from bastion.testing import lifespan
+from tests.asgi import client_for
 
 pytestmark = pytest.mark.anyio
 
@@ -34,12 +33,10 @@ async def test_a_litestar_app_served_through_bastion() -> None:
         route_handlers=[item, boom], on_startup=[lambda: started.append("litestar")]
     )
     app = Bastion(litestar_app, Settings(_env_file=None))
-    async with lifespan(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            ok = await client.get("/items/7", headers={"X-Request-ID": "lit-1"})
-            failed = await client.get("/boom")
-            ready = await client.get("/_bastion/health/ready")
+    async with client_for(app) as client:
+        ok = await client.get("/items/7", headers={"X-Request-ID": "lit-1"})
+        failed = await client.get("/boom")
+        ready = await client.get("/_bastion/health/ready")
     assert ["litestar"] == started
     assert {"id": 7, "request_id": "lit-1", "client": "127.0.0.1"} == ok.json()
     assert "lit-1" == ok.headers["x-request-id"]

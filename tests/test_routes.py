@@ -1,4 +1,5 @@
-"""Route templates resolved from Starlette and FastAPI route tables before routing."""
+"""Route templates resolved from Starlette and FastAPI route tables before routing, and the
+``[METHODS ]PATTERN`` rules matched against them."""
 
 from __future__ import annotations
 
@@ -9,7 +10,17 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Host, Mount, Route, Router, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
-from bastion._routes import AppRouteResolver, StarletteRouteResolver
+from bastion._routes import (
+    AppRouteResolver,
+    RoutePattern,
+    RouteTable,
+    ScopeRoutes,
+    StarletteRouteResolver,
+    compile_patterns,
+    memoize_route,
+)
+from bastion.exceptions import ConfigurationError
+from tests.asgi import http_scope
 
 
 async def endpoint(request: object) -> PlainTextResponse:
@@ -118,3 +129,78 @@ def test_app_without_routes_resolves_nothing() -> None:
         return None
 
     assert AppRouteResolver(raw_app).resolve("GET", "/") is None
+
+
+@pytest.mark.parametrize(
+    ("pattern", "method", "target", "expected"),
+    [
+        ("/reports/*", "GET", "/reports/{id}", True),
+        ("/reports/*", "GET", "/report", False),
+        ("GET,HEAD /items/{id}", "HEAD", "/items/{id}", True),
+        ("GET,HEAD /items/{id}", "POST", "/items/{id}", False),
+        ("*", "DELETE", "/anything/at/all", True),
+        ("/a.b", "GET", "/aXb", False),
+    ],
+)
+def test_a_pattern_matches_methods_and_wildcards(
+    pattern: str, method: str, target: str, expected: bool
+) -> None:
+    """``*`` matches anything (slashes too), other characters are literal, methods filter."""
+    assert expected == RoutePattern(pattern).matches(method, target)
+
+
+@pytest.mark.parametrize("pattern", ["reports/*", "get /x", "GET; /x"])
+def test_an_invalid_pattern_is_a_configuration_error(pattern: str) -> None:
+    """Patterns must start with '/' (or be '*'); methods are capitals separated by commas."""
+    with pytest.raises(ConfigurationError, match="invalid pattern"):
+        RoutePattern(pattern)
+
+
+def test_a_table_prefers_the_route_template_and_the_first_match() -> None:
+    """The template is matched when known, else the path; the first matching rule wins."""
+    table = RouteTable([("/items/{id}", 1), ("/items/*", 2)], 0)
+
+    assert 1 == table.lookup("GET", "/items/{id}", "/items/7")
+    assert 2 == table.lookup("GET", None, "/items/7")
+    assert 0 == table.lookup("GET", None, "/other")
+
+
+def test_a_pattern_matches_any_of_several_targets() -> None:
+    """``matches_any``: the template or the raw path matching is enough; methods still filter."""
+    pattern = RoutePattern("POST /items/{id}")
+
+    assert pattern.matches_any("POST", ("/items/{id}", "/items/7"))
+    assert pattern.matches_any("POST", ("/other", "/items/{id}"))
+    assert not pattern.matches_any("GET", ("/items/{id}",))
+    assert not pattern.matches_any("POST", ())
+
+
+def test_compiled_patterns_name_the_setting_they_come_from() -> None:
+    """An invalid pattern from settings is reported with its variable's name."""
+    assert ("/a", "GET /b") == tuple(p.text for p in compile_patterns(["/a", "GET /b"]))
+    with pytest.raises(ConfigurationError, match=r"^BASTION_X__EXCLUDE: invalid pattern 'docs'"):
+        compile_patterns(["/a", "docs"], "BASTION_X__EXCLUDE")
+    with pytest.raises(ConfigurationError, match=r"^invalid pattern 'docs'"):
+        compile_patterns(["docs"])
+
+
+def test_raw_paths_are_memoized_only_while_there_is_room() -> None:
+    """Templates always are (a full memo is forgotten for them); raw paths only below the limit."""
+    memo = {("GET", f"/p/{index}"): index for index in range(4096)}
+    memoize_route(memo, ("GET", "/raw"), 1, template=False)
+    assert ("GET", "/raw") not in memo
+    memoize_route(memo, ("GET", "/items/{id}"), 2, template=True)
+    assert {("GET", "/items/{id}"): 2} == memo
+    memoize_route(memo, ("GET", "/raw"), 1, template=False)
+    assert 1 == memo[("GET", "/raw")]
+
+
+def test_scope_routes_use_the_given_resolver_or_the_app_in_the_scope() -> None:
+    """Without a resolver the app in the scope is read, on the path without ``root_path``."""
+    app = Starlette(routes=[Route("/items/{item_id}", endpoint)])
+    scope = {**http_scope("/api/items/7"), "root_path": "/api", "app": app}
+
+    assert "/items/{item_id}" == ScopeRoutes().resolve(scope, "GET")
+    assert None is ScopeRoutes().resolve(http_scope("/items/7"), "GET")
+    given = ScopeRoutes(StarletteRouteResolver([Route("/x/{id}", endpoint)]))
+    assert "/x/{id}" == given.resolve(http_scope("/ignored"), "GET", "/x/1")

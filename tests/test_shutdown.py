@@ -17,6 +17,7 @@ from fastapi import FastAPI
 from bastion import Bastion, Settings
 from bastion._shutdown import ShutdownCoordinator
 from bastion.testing import lifespan
+from tests.asgi import client_for
 from tests.servers import serve
 
 
@@ -87,16 +88,14 @@ async def test_while_draining_readiness_fails_and_new_requests_are_refused() -> 
     503 problem with Connection: close, while the health endpoints keep answering."""
     app, bastion, release = drained_app()
     release.set()
-    async with lifespan(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            assert 200 == (await client.get("/_bastion/health/ready")).status_code
-            bastion.shutdown_coordinator.begin_draining()
-            ready = await client.get("/_bastion/health/ready")
-            still_served = await client.get("/wait")
-            bastion.shutdown_coordinator.refusing = True
-            refused = await client.get("/wait")
-            live = await client.get("/_bastion/health/live")
+    async with client_for(app) as client:
+        assert 200 == (await client.get("/_bastion/health/ready")).status_code
+        bastion.shutdown_coordinator.begin_draining()
+        ready = await client.get("/_bastion/health/ready")
+        still_served = await client.get("/wait")
+        bastion.shutdown_coordinator.refusing = True
+        refused = await client.get("/wait")
+        live = await client.get("/_bastion/health/live")
     assert (503, "draining") == (ready.status_code, ready.json()["output"])
     assert 200 == still_served.status_code
     assert (503, "close", "1") == (

@@ -6,6 +6,7 @@ building framework objects (``Request``, ``Headers``) per request is the cost ba
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -13,7 +14,7 @@ import orjson
 
 from bastion.types import Scope, Send
 
-__all__ = ["get_header", "scope_path", "send_body", "send_json"]
+__all__ = ["get_header", "retry_after", "scope_path", "send_body", "send_json"]
 
 
 def get_header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None:
@@ -22,6 +23,11 @@ def get_header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | N
         if key == name:
             return value
     return None
+
+
+def retry_after(seconds: float) -> int:
+    """``Retry-After`` in whole seconds: rounded up, at least 1."""
+    return max(1, math.ceil(seconds))
 
 
 def scope_path(scope: Scope) -> str:

@@ -9,19 +9,42 @@ Starlette and FastAPI routes are read by duck typing (``path_regex``, ``path``, 
 ``routes``) so that the core never imports Starlette. Every route's regex becomes one alternative
 of a single compiled pattern, so a lookup is one C-level regex match however many routes there
 are; results are memoized per ``(method, path)`` in a bounded table.
+
+The capabilities' ``[METHODS ]PATTERN`` rules (rate limits, auth requirements, shedding,
+deadlines, exclusions) are ``RoutePattern``s matched against those templates; ``RouteTable`` finds
+the first matching rule's value, and ``ScopeRoutes`` resolves a template when no request context
+carries one.
 """
 
 from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
-__all__ = ["AppRouteResolver", "RouteResolver", "StarletteRouteResolver"]
+from bastion._asgi import scope_path
+from bastion.exceptions import ConfigurationError
+from bastion.types import Scope
+
+__all__ = [
+    "AppRouteResolver",
+    "RoutePattern",
+    "RouteResolver",
+    "RouteTable",
+    "ScopeRoutes",
+    "StarletteRouteResolver",
+    "compile_glob",
+    "compile_patterns",
+    "memoize_route",
+]
 
 _NAMED_GROUP = re.compile(r"\(\?P<[^>]+>")
+_METHODS = re.compile(r"[A-Z]+(?:,[A-Z]+)*")
 _MEMO_LIMIT = 4096
+
+T = TypeVar("T")
 
 
 class RouteResolver(Protocol):
@@ -183,3 +206,159 @@ class AppRouteResolver(StarletteRouteResolver):
         if not self._loaded:
             self.refresh()
         return super()._lookup(method, path)
+
+
+class ScopeRoutes:
+    """The route template of a request that no ``RequestContext`` describes.
+
+    Middleware used without bastion's request context resolves templates itself: with the
+    ``route_resolver`` it was given, else with an ``AppRouteResolver`` built on first use from the
+    app in the scope (``scope["app"]``, set by Starlette). Without either, templates are ``None``.
+
+    Args:
+        resolver: the resolver to use, or ``None`` to build one from ``scope["app"]``.
+    """
+
+    __slots__ = ("_resolver",)
+
+    def __init__(self, resolver: RouteResolver | None = None) -> None:
+        self._resolver = resolver
+
+    def resolve(self, scope: Scope, method: str, path: str | None = None) -> str | None:
+        """The template for ``method`` and ``path`` (default: the path the app routes on)."""
+        resolver = self._resolver
+        if resolver is None:
+            app = scope.get("app")
+            if app is None or not hasattr(app, "routes"):
+                return None
+            resolver = self._resolver = AppRouteResolver(app)
+        if path is None:
+            path = scope_path(scope)
+        return resolver.resolve(method, path)
+
+
+def compile_glob(pattern: str) -> Callable[[str], re.Match[str] | None]:
+    """The ``fullmatch`` of a path pattern: ``*`` is any characters, the rest literal."""
+    return re.compile(".*".join(re.escape(part) for part in pattern.split("*"))).fullmatch
+
+
+class RoutePattern:
+    """``[METHODS ]PATTERN``: ``*`` matches any characters (``/`` included), the rest is literal.
+
+    Args:
+        text: e.g. ``/reports/*``, ``GET,HEAD /items/{id}`` or ``*``.
+
+    Raises:
+        ConfigurationError: when the methods are not capitals or the path does not start with
+            ``/`` (nor is ``*``).
+    """
+
+    __slots__ = ("_match", "methods", "text")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        methods, _, path = text.strip().rpartition(" ")
+        methods = methods.strip()
+        if methods and not _METHODS.fullmatch(methods):
+            raise ConfigurationError(
+                f"invalid pattern {text!r}: expected '[METHODS ]PATTERN' such as '/reports/*' or "
+                "'GET,POST /items/{id}' (methods in capitals, comma-separated)"
+            )
+        if not (path.startswith("/") or path == "*"):
+            raise ConfigurationError(
+                f"invalid pattern {text!r}: the path pattern must start with '/' or be '*'"
+            )
+        self.methods = frozenset(methods.split(",")) if methods else None
+        self._match = compile_glob(path)
+
+    def matches(self, method: str, target: str) -> bool:
+        """Whether a ``method`` request whose route template (or path) is ``target`` matches."""
+        methods = self.methods
+        return (methods is None or method in methods) and self._match(target) is not None
+
+    def matches_any(self, method: str, targets: Iterable[str]) -> bool:
+        """Whether a ``method`` request matches by any of ``targets`` (template, raw path)."""
+        methods = self.methods
+        if methods is not None and method not in methods:
+            return False
+        match = self._match
+        return any(match(target) is not None for target in targets)
+
+    def __repr__(self) -> str:
+        return f"RoutePattern({self.text!r})"
+
+
+def compile_patterns(patterns: Iterable[str], variable: str = "") -> tuple[RoutePattern, ...]:
+    """Compile ``[METHODS ]PATTERN`` strings.
+
+    Args:
+        patterns: the patterns.
+        variable: the setting they come from (``BASTION_AUTH__EXCLUDE``), named in errors.
+
+    Raises:
+        ConfigurationError: for an invalid pattern, prefixed by ``variable`` when given.
+    """
+    try:
+        return tuple(RoutePattern(pattern) for pattern in patterns)
+    except ConfigurationError as exc:
+        if not variable:
+            raise
+        raise ConfigurationError(f"{variable}: {exc}") from None
+
+
+def memoize_route(
+    memo: dict[tuple[str, str], T], key: tuple[str, str], value: T, *, template: bool
+) -> None:
+    """Remember ``value`` for ``key`` (a method and a route template or raw path).
+
+    Templates are few and always remembered; raw paths (requests no route matched: ids,
+    scanners) are unbounded, so they are remembered only while the memo has room. A full memo
+    is forgotten at once when a template needs the room.
+    """
+    if template or len(memo) < _MEMO_LIMIT:
+        if len(memo) >= _MEMO_LIMIT:
+            memo.clear()
+        memo[key] = value
+
+
+class RouteTable(Generic[T]):
+    """The first matching pattern's value for a request, memoized per (method, route).
+
+    Raw paths (requests no route matched) are unbounded, so they are memoized only while the
+    table has room; route templates always are.
+
+    Args:
+        rules: ``(pattern, value)`` pairs, first match wins.
+        default: the value when no pattern matches.
+    """
+
+    __slots__ = ("_default", "_memo", "_rules")
+
+    def __init__(self, rules: Iterable[tuple[str | RoutePattern, T]], default: T) -> None:
+        self._rules = tuple(
+            (pattern if isinstance(pattern, RoutePattern) else RoutePattern(pattern), value)
+            for pattern, value in rules
+        )
+        self._default = default
+        self._memo: dict[tuple[str, str], T] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._rules)
+
+    def lookup(self, method: str, route: str | None, path: str) -> T:
+        """The value for a request (``route`` is its template, or ``None`` when none matched)."""
+        if not self._rules:
+            return self._default  # no pattern to match: skip building the memo key
+        target = route if route is not None else path
+        key = (method, target)
+        try:
+            return self._memo[key]
+        except KeyError:
+            pass
+        value = self._default
+        for pattern, candidate in self._rules:
+            if pattern.matches(method, target):
+                value = candidate
+                break
+        memoize_route(self._memo, key, value, template=route is not None)
+        return value

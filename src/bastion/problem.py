@@ -29,6 +29,8 @@ from bastion.types import ASGIApp, Message, Receive, Scope, Send
 __all__ = [
     "ErrorBoundaryMiddleware",
     "PROBLEM_CONTENT_TYPE",
+    "TEMPORARY_REDUCED_CAPACITY",
+    "TEMPORARY_REDUCED_CAPACITY_TITLE",
     "UnhandledResponder",
     "answer_unhandled",
     "problem_body",
@@ -37,6 +39,16 @@ __all__ = [
 ]
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
+
+TEMPORARY_REDUCED_CAPACITY = (
+    "https://iana.org/assignments/http-problem-types#temporary-reduced-capacity"
+)
+"""Problem type of a 503 answered for want of capacity: a shed request, or rate limits that
+cannot be checked under ``fail_closed`` (draft-ietf-httpapi-ratelimit-headers §5.2)."""
+TEMPORARY_REDUCED_CAPACITY_TITLE = (
+    "Request cannot be satisfied due to temporary server capacity constraints"
+)
+"""The title of a ``TEMPORARY_REDUCED_CAPACITY`` problem."""
 
 logger = logging.getLogger("bastion.errors")
 

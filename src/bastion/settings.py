@@ -80,6 +80,32 @@ def _split_commas(value: Any) -> Any:
     return value
 
 
+def _json_list(value: Any, example: str) -> Any:
+    """Parse a JSON list given as an environment string; other values pass through."""
+    if not isinstance(value, str):
+        return value
+    import json
+
+    try:
+        return json.loads(value) if value.strip() else []
+    except ValueError:
+        raise ValueError(f"must be a JSON list such as {example}") from None
+
+
+def _check_networks(value: list[str], example: str = "203.0.113.0/24") -> list[str]:
+    """Check that every item is an IP address or a CIDR network."""
+    import ipaddress
+
+    for item in value:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise ValueError(
+                f"{item!r} is not an IP address or CIDR network (e.g. {example})"
+            ) from None
+    return value
+
+
 class _Section(BaseModel):
     model_config = {"extra": "forbid", "frozen": True}
 
@@ -102,16 +128,7 @@ class ContextSettings(_Section):
     @field_validator("trusted_proxies")
     @classmethod
     def _networks(cls, value: list[str]) -> list[str]:
-        import ipaddress
-
-        for item in value:
-            try:
-                ipaddress.ip_network(item, strict=False)
-            except ValueError:
-                raise ValueError(
-                    f"{item!r} is not an IP address or CIDR network (e.g. 10.0.0.0/8)"
-                ) from None
-        return value
+        return _check_networks(value, "10.0.0.0/8")
 
 
 class StoreSettings(_Section):
@@ -404,17 +421,9 @@ class RateLimitSettings(_Section):
     @field_validator("rules", mode="before")
     @classmethod
     def _json_rules(cls, value: Any) -> Any:
-        if not isinstance(value, str):
-            return value
-        import json
-
-        try:
-            return json.loads(value) if value.strip() else []
-        except ValueError:
-            raise ValueError(
-                'must be a JSON list such as ["/search/*=10/second", '
-                '{"path": "POST /upload", "rate": "5/minute"}]'
-            ) from None
+        return _json_list(
+            value, '["/search/*=10/second", {"path": "POST /upload", "rate": "5/minute"}]'
+        )
 
 
 JWT_ASYMMETRIC_ALGORITHMS = (
@@ -501,16 +510,7 @@ class AuthSettings(_Section):
     @field_validator("require", mode="before")
     @classmethod
     def _json_require(cls, value: Any) -> Any:
-        if not isinstance(value, str):
-            return value
-        import json
-
-        try:
-            return json.loads(value) if value.strip() else []
-        except ValueError:
-            raise ValueError(
-                'must be a JSON list such as ["/admin/*=admin", "POST /items=items:write"]'
-            ) from None
+        return _json_list(value, '["/admin/*=admin", "POST /items=items:write"]')
 
     @field_validator("jwt_jwks_url")
     @classmethod
@@ -559,19 +559,6 @@ class AuthSettings(_Section):
         if self.jwt_algorithms == []:
             raise ValueError("BASTION_AUTH__JWT_ALGORITHMS must not be empty")
         return self
-
-
-def _check_networks(value: list[str]) -> list[str]:
-    import ipaddress
-
-    for item in value:
-        try:
-            ipaddress.ip_network(item, strict=False)
-        except ValueError:
-            raise ValueError(
-                f"{item!r} is not an IP address or CIDR network (e.g. 203.0.113.0/24)"
-            ) from None
-    return value
 
 
 REFERRER_POLICIES = (
@@ -721,18 +708,6 @@ class GuardSettings(_Section):
                 f"BASTION_GUARD__BAN_S ({self.ban_s:g})"
             )
         return self
-
-
-def _json_list(value: Any, example: str) -> Any:
-    """Parse a JSON list given as an environment string; other values pass through."""
-    if not isinstance(value, str):
-        return value
-    import json
-
-    try:
-        return json.loads(value) if value.strip() else []
-    except ValueError:
-        raise ValueError(f"must be a JSON list such as {example}") from None
 
 
 class SheddingSettings(_Section):

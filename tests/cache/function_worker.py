@@ -1,4 +1,4 @@
-"""One worker process of the two-process ``@cached`` tests (run as a script, not collected).
+"""One worker process of the two-process ``@cached`` tests (run with ``python -m``, not collected).
 
 Configured by the environment: ``REDIS_URL``, ``PREFIX`` (the store's key prefix), ``MODE``.
 
@@ -23,6 +23,7 @@ import orjson
 from bastion.cache import RedisCacheBackend, cached
 from bastion.events import FunctionCacheHit, Hooks
 from bastion.stores.redis import RedisStore
+from tests.workers import redis_barrier
 
 
 async def flight(store: RedisStore, backend: RedisCacheBackend, prefix: str) -> None:
@@ -36,11 +37,7 @@ async def flight(store: RedisStore, backend: RedisCacheBackend, prefix: str) -> 
 
     print("ready", flush=True)
     await asyncio.to_thread(sys.stdin.readline)
-    # A barrier in Redis, so that both processes start their calls within a millisecond.
-    barrier = f"{prefix}:barrier"
-    await store.client.incr(barrier)
-    while int(await store.client.get(barrier) or 0) < 2:  # noqa: ASYNC110 - another process
-        await asyncio.sleep(0.001)
+    await redis_barrier(store.client, f"{prefix}:barrier")
     calls = int(os.environ["CALLS"])
     results = await asyncio.gather(*(slow(7) for _ in range(calls)))
     print(orjson.dumps(results).decode(), flush=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
 from typing import Any
 
 import pytest
@@ -36,6 +37,10 @@ class Producer:
     async def load(self) -> bytes | None:
         return None if self.backend is None else await self.backend.get(self.key)
 
+    def call(self, flight: SingleFlight) -> Coroutine[Any, Any, FlightResult[bytes]]:
+        """``flight.run`` for this producer's key, with its ``produce`` and ``load``."""
+        return flight.run(self.key, self.produce, load=self.load)
+
 
 async def _settle() -> None:
     """Let every ready task run until it blocks."""
@@ -48,10 +53,7 @@ async def test_concurrent_calls_run_the_producer_once() -> None:
     flight = SingleFlight(None)
     producer = Producer(None, "k")
     producer.gate.clear()
-    tasks = [
-        asyncio.create_task(flight.run("k", producer.produce, load=producer.load))
-        for _ in range(500)
-    ]
+    tasks = [asyncio.create_task(producer.call(flight)) for _ in range(500)]
     await _settle()
     producer.gate.set()
     results = await asyncio.gather(*tasks)
@@ -67,9 +69,7 @@ async def test_different_keys_run_separately() -> None:
     """Single-flight is per key."""
     flight = SingleFlight(None)
     one, two = Producer(None, "a", b"1"), Producer(None, "b", b"2")
-    results = await asyncio.gather(
-        flight.run("a", one.produce, load=one.load), flight.run("b", two.produce, load=two.load)
-    )
+    results = await asyncio.gather(one.call(flight), two.call(flight))
     assert [FlightResult(b"1", True), FlightResult(b"2", True)] == list(results)
 
 
@@ -78,9 +78,9 @@ async def test_unshareable_result_sends_waiters_to_their_own_producer() -> None:
     flight = SingleFlight(None)
     producer = Producer(None, "k", value=None)
     producer.gate.clear()
-    leader = asyncio.create_task(flight.run("k", producer.produce, load=producer.load))
+    leader = asyncio.create_task(producer.call(flight))
     await _settle()
-    waiter = asyncio.create_task(flight.run("k", producer.produce, load=producer.load))
+    waiter = asyncio.create_task(producer.call(flight))
     await _settle()
     producer.gate.set()
     assert (FlightResult(None, True), FlightResult(None, False), 1) == (
@@ -117,9 +117,9 @@ async def test_cancelled_leader_frees_the_waiters() -> None:
     flight = SingleFlight(None)
     producer = Producer(None, "k")
     producer.gate.clear()
-    leader = asyncio.create_task(flight.run("k", producer.produce, load=producer.load))
+    leader = asyncio.create_task(producer.call(flight))
     await _settle()
-    waiter = asyncio.create_task(flight.run("k", producer.produce, load=producer.load))
+    waiter = asyncio.create_task(producer.call(flight))
     await _settle()
     leader.cancel()
     assert (FlightResult(None, False), 0) == (await waiter, flight.inflight)
@@ -131,10 +131,10 @@ async def test_cancelled_waiter_leaves_the_others_alone() -> None:
     flight = SingleFlight(None)
     producer = Producer(None, "k")
     producer.gate.clear()
-    leader = asyncio.create_task(flight.run("k", producer.produce, load=producer.load))
+    leader = asyncio.create_task(producer.call(flight))
     await _settle()
-    quitter = asyncio.create_task(flight.run("k", producer.produce, load=producer.load))
-    stayer = asyncio.create_task(flight.run("k", producer.produce, load=producer.load))
+    quitter = asyncio.create_task(producer.call(flight))
+    stayer = asyncio.create_task(producer.call(flight))
     await _settle()
     quitter.cancel()
     await _settle()
@@ -151,11 +151,7 @@ async def test_two_processes_sharing_a_backend_run_once(backend: CacheBackend) -
     flights = [SingleFlight(backend, poll_interval_s=0.01) for _ in range(2)]
     producer = Producer(backend, "k")
     producer.gate.clear()
-    tasks = [
-        asyncio.create_task(flight.run("k", producer.produce, load=producer.load))
-        for flight in flights
-        for _ in range(50)
-    ]
+    tasks = [asyncio.create_task(producer.call(flight)) for flight in flights for _ in range(50)]
     await asyncio.sleep(0.05)
     producer.gate.set()
     results = await asyncio.gather(*tasks)
@@ -225,7 +221,7 @@ async def test_a_waiter_behind_a_lock_nobody_releases_produces_in_the_end(
     await backend.acquire("k", "gone-worker", ttl_s=holder_ttl_s)
     producer = Producer(backend, "k")
     flight = SingleFlight(backend, wait_s=wait_s, poll_interval_s=0.005, clock=manual_clock)
-    task = asyncio.create_task(flight.run("k", producer.produce, load=producer.load))
+    task = asyncio.create_task(producer.call(flight))
     await asyncio.sleep(0.03)
     runs_while_locked = producer.runs
     manual_clock.advance(5)
@@ -238,7 +234,7 @@ async def test_a_dead_holders_lock_expires_in_redis(redis_backend: CacheBackend)
     await redis_backend.acquire("k", "dead-worker", ttl_s=0.2)
     producer = Producer(redis_backend, "k")
     flight = SingleFlight(redis_backend, wait_s=60, poll_interval_s=0.02)
-    result = await asyncio.wait_for(flight.run("k", producer.produce, load=producer.load), 5)
+    result = await asyncio.wait_for(producer.call(flight), 5)
     assert (FlightResult(b"v", True), 1) == (result, producer.runs)
 
 
@@ -249,7 +245,7 @@ async def test_store_outage_produces_without_the_lock(
     """With Redis unreachable the producer runs (fail open) and the failure is reported."""
     producer = Producer(None, "k")
     flight = SingleFlight(dead_backend, hooks=recorder.hooks)
-    result = await flight.run("k", producer.produce, load=producer.load)
+    result = await producer.call(flight)
     failures = recorder.of(CacheStoreFailure)
     assert (FlightResult(b"v", True), 1) == (result, len(failures))
     assert isinstance(failures[0], CacheStoreFailure)

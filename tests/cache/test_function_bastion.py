@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
-import httpx
 import pytest
 from fastapi import FastAPI
 
@@ -14,18 +11,9 @@ from bastion import Bastion, Settings
 from bastion.cache import MemoryCacheBackend, cached, default_backend
 from bastion.exceptions import ConfigurationError
 from bastion.settings import load_settings
-from bastion.testing import lifespan
+from tests.asgi import client_for
 
 pytestmark = pytest.mark.anyio
-
-
-@asynccontextmanager
-async def client_for(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    """A client for ``app`` with its lifespan running."""
-    async with lifespan(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            yield client
 
 
 @cached(ttl=60, tags=["albums"], name="albums.count")

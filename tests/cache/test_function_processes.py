@@ -18,7 +18,7 @@ from bastion.stores.redis import RedisStore
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis, pytest.mark.slow]
 
-WORKER = Path(__file__).with_name("function_worker.py")
+WORKER = "tests.cache.function_worker"
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -51,7 +51,7 @@ def start_worker(mode: str, redis_url: str, prefix: str, **extra: str) -> subpro
         **extra,
     }
     return subprocess.Popen(
-        [sys.executable, str(WORKER)],
+        [sys.executable, "-m", WORKER],
         cwd=ROOT,
         env=environment,
         stdin=subprocess.PIPE,

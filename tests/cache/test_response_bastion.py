@@ -4,30 +4,18 @@ the coding compression chooses, private per credential, purged by tag, configure
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
-import httpx
 import pytest
 from fastapi import FastAPI
 
 from bastion import Bastion, Settings
 from bastion.exceptions import ConfigurationError
-from bastion.testing import lifespan
+from tests.asgi import client_for
 
 ALBUMS = [{"id": i, "title": f"album {i}", "artist": "someone"} for i in range(60)]
 
 pytestmark = pytest.mark.anyio
-
-
-@asynccontextmanager
-async def client_for(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    """A client for ``app`` with its lifespan running."""
-    async with lifespan(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            yield client
 
 
 def make_app(**overrides: Any) -> tuple[FastAPI, Bastion, Counter[str]]:

@@ -11,8 +11,8 @@ import pytest
 from bastion.demo.factory import DEMO_SHEDDING, create_app
 from bastion.demo.routers.slow import SLOW_TIMEOUT_S
 from bastion.settings import Settings
+from tests.asgi import client_for
 from tests.protection.test_shedding import wait_until
-from tests.protection.test_shedding_bastion import served
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -60,7 +60,7 @@ async def test_a_burst_beyond_the_limit_is_shed_with_retry_after(
         )
     )
     limiter = app.state.bastion.concurrency_limiter
-    async with served(app) as client, anyio.create_task_group() as group:
+    async with client_for(app) as client, anyio.create_task_group() as group:
         group.start_soon(client.get, "/slow?seconds=1.5")
         await wait_until(lambda: limiter.in_flight == 1)
         shed = await client.get("/slow", params={"seconds": 0})

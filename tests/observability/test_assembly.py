@@ -5,8 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +16,7 @@ from fastapi import FastAPI
 
 from bastion import Bastion, Settings
 from bastion.observability._assembly import _is_supervisor, prune_stale_directories
-from bastion.testing import lifespan
+from tests.asgi import client_for
 from tests.servers import free_port
 
 
@@ -59,15 +57,6 @@ def make_app(tmp_path: Path, **overrides: Any) -> FastAPI:
     return app
 
 
-@asynccontextmanager
-async def serving(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    """A client for ``app`` with its lifespan running."""
-    async with lifespan(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            yield client
-
-
 def log_lines(tmp_path: Path) -> list[dict[str, Any]]:
     """The JSON lines written to the app's log file (after shutdown flushed them)."""
     return [orjson.loads(line) for line in (tmp_path / "app.log").read_bytes().splitlines()]
@@ -78,7 +67,7 @@ class TestThroughBastion:
     async def test_requests_are_counted_and_ops_requests_are_not(self, tmp_path: Path) -> None:
         """/metrics counts app requests by route template; probes and scrapes are not counted."""
         app = make_app(tmp_path)
-        async with serving(app) as client:
+        async with client_for(app) as client:
             for album_id in (1, 2, 3):
                 await client.get(f"/albums/{album_id}")
             await client.get("/no/such/path")
@@ -107,7 +96,7 @@ class TestThroughBastion:
     async def test_an_admin_key_protects_metrics_and_stats(self, tmp_path: Path) -> None:
         """With an admin key set, /metrics and /stats answer 401 problems without it."""
         app = make_app(tmp_path, ops={"admin_key": "k3y"})
-        async with serving(app) as client:
+        async with client_for(app) as client:
             refused = [await client.get(f"/_bastion/{path}") for path in ("metrics", "stats")]
             allowed = [
                 await client.get(f"/_bastion/{path}", headers={"Authorization": "Bearer k3y"})
@@ -122,7 +111,7 @@ class TestThroughBastion:
     async def test_stats_report_per_route_rates_and_errors(self, tmp_path: Path) -> None:
         """/stats shows the routes served, their counts and latency percentiles."""
         app = make_app(tmp_path)
-        async with serving(app) as client:
+        async with client_for(app) as client:
             await client.get("/_bastion/stats")  # the first sample: the window starts here
             for album_id in range(4):
                 await client.get(f"/albums/{album_id}")
@@ -140,7 +129,7 @@ class TestThroughBastion:
         token, the cookie and a token in the query string appear in no line."""
         app = make_app(tmp_path)
         traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
-        async with serving(app) as client:
+        async with client_for(app) as client:
             await client.get(
                 "/albums/7?access_token=qs-s3cret",
                 headers={
@@ -163,7 +152,7 @@ class TestThroughBastion:
     async def test_a_blocked_event_loop_makes_readiness_degraded(self, tmp_path: Path) -> None:
         """Blocking the loop longer than the limit: readiness warns (200), then recovers."""
         app = make_app(tmp_path, health={"cache_s": 0, "loop_lag_degraded_s": 0.2})
-        async with serving(app) as client:
+        async with client_for(app) as client:
             time.sleep(1.2)  # noqa: ASYNC251 - the point: block the loop the monitor runs on
             await anyio.sleep(0.1)  # let the monitor wake, late, and measure it
             blocked = await client.get("/_bastion/health/ready")
@@ -195,7 +184,7 @@ async def test_metrics_are_also_served_on_their_own_port(tmp_path: Path) -> None
     """With a metrics port, GET /metrics there answers the same scrape; other paths 404."""
     port = free_port()
     app = make_app(tmp_path, metrics={"port": port})
-    async with serving(app) as client:
+    async with client_for(app) as client:
         await client.get("/albums/1")
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as direct:
             scrape = await direct.get("/metrics")

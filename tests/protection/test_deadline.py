@@ -25,9 +25,8 @@ from bastion.protection import (
 )
 from bastion.settings import load_settings
 from bastion.types import ASGIApp, Message, Receive, Scope, Send
-from tests.asgi import call, http_scope
+from tests.asgi import call, client_for, http_scope
 from tests.protection.test_shedding import recorder
-from tests.protection.test_shedding_bastion import served
 
 pytestmark = pytest.mark.anyio
 
@@ -316,7 +315,7 @@ def bastion_app(**settings: Any) -> tuple[FastAPI, Bastion, list[str]]:
 
 async def request(app: FastAPI, path: str) -> httpx.Response:
     """One request to ``app`` with its lifespan running."""
-    async with served(app) as client:
+    async with client_for(app) as client:
         return await client.get(path)
 
 

@@ -1,4 +1,4 @@
-"""Route patterns and request priorities: rules by route, by principal, and by function."""
+"""Request priorities: rules by route, by principal, and by function."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import pytest
 from bastion.context import RequestContext
 from bastion.exceptions import ConfigurationError
 from bastion.protection import Priorities, PriorityRule
-from bastion.protection._priority import RoutePattern, RouteTable
 from bastion.types import Scope
 from tests.asgi import http_scope
 
@@ -17,40 +16,6 @@ def context_for(
 ) -> RequestContext:
     """A request context as bastion's pipeline would build it."""
     return RequestContext("rid", "tid", method, path, route, "127.0.0.1", principal=principal)
-
-
-@pytest.mark.parametrize(
-    ("pattern", "method", "target", "expected"),
-    [
-        ("/reports/*", "GET", "/reports/{id}", True),
-        ("/reports/*", "GET", "/report", False),
-        ("GET,HEAD /items/{id}", "HEAD", "/items/{id}", True),
-        ("GET,HEAD /items/{id}", "POST", "/items/{id}", False),
-        ("*", "DELETE", "/anything/at/all", True),
-        ("/a.b", "GET", "/aXb", False),
-    ],
-)
-def test_a_pattern_matches_methods_and_wildcards(
-    pattern: str, method: str, target: str, expected: bool
-) -> None:
-    """``*`` matches anything (slashes too), other characters are literal, methods filter."""
-    assert expected == RoutePattern(pattern).matches(method, target)
-
-
-@pytest.mark.parametrize("pattern", ["reports/*", "get /x", "GET; /x"])
-def test_an_invalid_pattern_is_a_configuration_error(pattern: str) -> None:
-    """Patterns must start with '/' (or be '*'); methods are capitals separated by commas."""
-    with pytest.raises(ConfigurationError, match="invalid pattern"):
-        RoutePattern(pattern)
-
-
-def test_a_table_prefers_the_route_template_and_the_first_match() -> None:
-    """The template is matched when known, else the path; the first matching rule wins."""
-    table = RouteTable([("/items/{id}", 1), ("/items/*", 2)], 0)
-
-    assert 1 == table.lookup("GET", "/items/{id}", "/items/7")
-    assert 2 == table.lookup("GET", None, "/items/7")
-    assert 0 == table.lookup("GET", None, "/other")
 
 
 @pytest.mark.parametrize(

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
@@ -16,19 +14,10 @@ from bastion._clock import ManualClock
 from bastion.exceptions import ConfigurationError
 from bastion.protection import AdaptiveLimit, Gradient2
 from bastion.settings import load_settings
-from bastion.testing import lifespan
+from tests.asgi import client_for
 from tests.protection.test_shedding import wait_until
 
 pytestmark = pytest.mark.anyio
-
-
-@asynccontextmanager
-async def served(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    """A client for ``app`` in process, with the app's lifespan running."""
-    async with lifespan(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            yield client
 
 
 def shedding_app(**shedding: Any) -> tuple[FastAPI, Bastion, anyio.Event]:
@@ -53,7 +42,7 @@ async def test_a_full_service_sheds_but_still_answers_its_health_checks() -> Non
     limiter = bastion.concurrency_limiter
     assert limiter is not None
 
-    async with served(app) as client, anyio.create_task_group() as group:
+    async with client_for(app) as client, anyio.create_task_group() as group:
         group.start_soon(client.get, "/hold")
         await wait_until(lambda: limiter.in_flight == 1)
         shed = await client.get("/hold")
@@ -75,7 +64,7 @@ async def test_shedding_is_off_unless_configured() -> None:
     app, bastion, release = shedding_app()
     release.set()
 
-    async with served(app) as client:
+    async with client_for(app) as client:
         responses = [await client.get("/hold") for _ in range(3)]
 
     assert None is bastion.concurrency_limiter
@@ -165,7 +154,7 @@ async def test_time_spent_queueing_counts_against_the_deadline() -> None:
     async def get(client: httpx.AsyncClient, name: str) -> None:
         statuses[name] = (await client.get(f"/hold/{name}")).status_code
 
-    async with served(app) as client, anyio.create_task_group() as group:
+    async with client_for(app) as client, anyio.create_task_group() as group:
         group.start_soon(get, client, "first")
         await wait_until(lambda: entered == ["first"])
         group.start_soon(get, client, "queued")

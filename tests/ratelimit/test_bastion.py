@@ -2,24 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-
-import httpx
 import pytest
 from fastapi import FastAPI
 
 from bastion import Bastion, Settings
-from bastion.testing import lifespan
-
-
-@asynccontextmanager
-async def client_for(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    """A client for ``app`` with its lifespan running."""
-    async with lifespan(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            yield client
+from tests.asgi import client_for
 
 
 def make_app(**overrides: object) -> tuple[FastAPI, Bastion]:

@@ -35,7 +35,7 @@ from tests.ratelimit.headers import remaining
 
 pytestmark = pytest.mark.anyio
 
-WORKER = Path(__file__).with_name("worker.py")
+WORKER = "tests.ratelimit.worker"
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -151,7 +151,8 @@ async def test_two_processes_sharing_redis_admit_exactly_100_of_300(
     workers = [
         await asyncio.create_subprocess_exec(
             sys.executable,
-            str(WORKER),
+            "-m",
+            WORKER,
             cwd=ROOT,
             env=environment,
             stdin=asyncio.subprocess.PIPE,

@@ -1,4 +1,4 @@
-"""One worker process of the two-process exactness test (run as a script, not collected).
+"""One worker process of the two-process exactness test (run with ``python -m``, not collected).
 
 It builds a Starlette app limited through Redis, prints ``ready``, waits for a line on standard
 input (so both workers start together), sends its requests in concurrent waves in-process, and
@@ -25,6 +25,7 @@ from starlette.routing import Route
 from bastion._clock import ManualClock
 from bastion.ratelimit import Algorithm, RateLimiter, RateLimitMiddleware
 from bastion.stores.redis import RedisStore
+from tests.workers import redis_barrier
 
 
 async def ok(request: Request) -> Response:
@@ -51,12 +52,8 @@ async def main() -> None:
         await store.ping()
         print("ready", flush=True)
         await asyncio.to_thread(sys.stdin.readline)
-        # A barrier in Redis: waking from stdin takes each process a different while, and one
-        # could spend the whole quota before the other starts. Both start within a millisecond.
-        barrier = f"{environ['PREFIX']}:barrier"
-        await store.client.incr(barrier)
-        while int(await store.client.get(barrier) or 0) < 2:  # noqa: ASYNC110 - another process
-            await asyncio.sleep(0.001)
+        # One process could spend the whole quota before the other starts.
+        await redis_barrier(store.client, f"{environ['PREFIX']}:barrier")
         # In waves of 10 concurrent requests: the decisions of one wave leave in one pipeline
         # (the store batches the commands of an event-loop turn), so waves are what the two
         # processes interleave at the server. One gather of all 150 would be one pipeline, and

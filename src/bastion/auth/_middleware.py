@@ -8,13 +8,12 @@ authentication (and scopes) without touching their code.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from bastion._asgi import scope_path
-from bastion._routes import AppRouteResolver, RouteResolver
+from bastion._routes import RoutePattern, RouteResolver, ScopeRoutes, compile_patterns
 from bastion.auth._authenticator import Authenticator
 from bastion.auth._http import send_failure
 from bastion.context import SCOPE_KEY, RequestContext
@@ -33,35 +32,7 @@ __all__ = ["AUTHENTICATOR_SCOPE_KEY", "AuthMiddleware", "RequireRule"]
 AUTHENTICATOR_SCOPE_KEY = "bastion.authenticator"
 """Key of the middleware's ``Authenticator`` in the scope, where ``require()`` finds it."""
 
-_METHODS = re.compile(r"[A-Z]+(?:,[A-Z]+)*")
 _POLICY_VIOLATION = 1008  # WebSocket close code: the handshake is refused (servers answer 403)
-
-
-class _Pattern:
-    """``[METHODS ]PATTERN``: ``*`` matches any characters (``/`` included), the rest is literal."""
-
-    __slots__ = ("match", "methods")
-
-    def __init__(self, text: str) -> None:
-        methods, _, path = text.strip().rpartition(" ")
-        methods = methods.strip()
-        if methods and not _METHODS.fullmatch(methods):
-            raise ConfigurationError(
-                f"invalid pattern {text!r}: expected '[METHODS ]PATTERN' such as '/admin/*' or "
-                "'POST,DELETE /items/{id}' (methods in capitals, comma-separated)"
-            )
-        if not (path.startswith("/") or path == "*"):
-            raise ConfigurationError(
-                f"invalid pattern {text!r}: the path pattern must start with '/' or be '*'"
-            )
-        self.methods = frozenset(methods.split(",")) if methods else None
-        self.match = re.compile(".*".join(re.escape(part) for part in path.split("*"))).fullmatch
-
-    def matches(self, method: str, targets: tuple[str, ...]) -> bool:
-        methods = self.methods
-        if methods is not None and method not in methods:
-            return False
-        return any(self.match(target) is not None for target in targets)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -94,7 +65,7 @@ class RequireRule:
                 "'/admin/*=admin' or 'POST /items=items:write'"
             )
         rule = cls(path=path.strip(), scopes=tuple(scopes.split()))
-        _Pattern(rule.path)
+        RoutePattern(rule.path)
         return rule
 
     @classmethod
@@ -117,7 +88,7 @@ class RequireRule:
                 ) from None
         else:
             raise ConfigurationError(f"invalid rule {value!r}: expected a string or a mapping")
-        _Pattern(rule.path)
+        RoutePattern(rule.path)
         return rule
 
 
@@ -152,7 +123,7 @@ class AuthMiddleware:
         ConfigurationError: for an invalid rule or pattern.
     """
 
-    __slots__ = ("_exclude", "_exclude_patterns", "_resolver", "_rules", "app", "authenticator")
+    __slots__ = ("_exclude", "_exclude_patterns", "_routes", "_rules", "app", "authenticator")
 
     def __init__(
         self,
@@ -170,17 +141,17 @@ class AuthMiddleware:
             authenticator = Authenticator(api_keys=ApiKeys())
         self.app = app
         self.authenticator = authenticator
-        self._resolver = route_resolver
+        self._routes = ScopeRoutes(route_resolver)
         self._rules = tuple(
-            (_Pattern(rule.path), rule)
+            (RoutePattern(rule.path), rule)
             for rule in (RequireRule.from_value(value) for value in require)
         )
         if callable(exclude):
             self._exclude: Callable[[Scope], bool] | None = exclude
-            self._exclude_patterns: tuple[_Pattern, ...] = ()
+            self._exclude_patterns: tuple[RoutePattern, ...] = ()
         else:
             self._exclude = None
-            self._exclude_patterns = tuple(_Pattern(pattern) for pattern in exclude)
+            self._exclude_patterns = compile_patterns(exclude)
 
     @staticmethod
     def options_from_settings(
@@ -208,11 +179,7 @@ class AuthMiddleware:
                 rules.append(RequireRule.from_value(value))
             except ConfigurationError as exc:
                 raise ConfigurationError(f"BASTION_AUTH__REQUIRE[{index}]: {exc}") from None
-        for pattern in settings.exclude:
-            try:
-                _Pattern(pattern)
-            except ConfigurationError as exc:
-                raise ConfigurationError(f"BASTION_AUTH__EXCLUDE: {exc}") from None
+        compile_patterns(settings.exclude, "BASTION_AUTH__EXCLUDE")
         return {"authenticator": authenticator, "require": rules, "exclude": list(settings.exclude)}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -232,7 +199,7 @@ class AuthMiddleware:
         elif self._exclude_patterns:
             targets = self._targets(scope)
             method = scope.get("method", "GET")
-            if any(pattern.matches(method, targets) for pattern in self._exclude_patterns):
+            if any(pattern.matches_any(method, targets) for pattern in self._exclude_patterns):
                 await self.app(scope, receive, send)
                 return
         try:
@@ -253,22 +220,13 @@ class AuthMiddleware:
         context: RequestContext | None = scope.get(SCOPE_KEY)
         route = context.route if context is not None else None
         if route is None:
-            route = self._resolve(scope, path)
+            route = self._routes.resolve(scope, scope.get("method", "GET"), path)
         return (path,) if route is None or route == path else (route, path)
-
-    def _resolve(self, scope: Scope, path: str) -> str | None:
-        resolver = self._resolver
-        if resolver is None:
-            app = scope.get("app")
-            if app is None or not hasattr(app, "routes"):
-                return None
-            resolver = self._resolver = AppRouteResolver(app)
-        return resolver.resolve(scope.get("method", "GET"), path)
 
     def _enforce(self, scope: Scope, principal: Principal | None, targets: tuple[str, ...]) -> None:
         method = scope.get("method", "GET")
         rules = self._rules
-        rule = next((rule for pattern, rule in rules if pattern.matches(method, targets)), None)
+        rule = next((rule for pattern, rule in rules if pattern.matches_any(method, targets)), None)
         if rule is None:
             return
         error: AuthError

@@ -33,9 +33,8 @@ from collections.abc import Callable, Iterable, Mapping
 from hashlib import blake2b
 from typing import TYPE_CHECKING, Any
 
-from bastion._asgi import scope_path
 from bastion._clock import SYSTEM_CLOCK, Clock
-from bastion._routes import AppRouteResolver, RouteResolver
+from bastion._routes import RouteResolver, ScopeRoutes
 from bastion.cache._entry import (
     MARKER_MAGIC,
     Entry,
@@ -399,7 +398,7 @@ class CacheMiddleware:
         "_plans",
         "_private",
         "_refreshing",
-        "_resolver",
+        "_routes",
         "_rules",
         "_tasks",
         "app",
@@ -449,7 +448,7 @@ class CacheMiddleware:
         self._keys: dict[tuple[Any, ...], str] = {}
         self._negotiate = negotiate_encoding
         self._hooks = hooks
-        self._resolver = route_resolver
+        self._routes = ScopeRoutes(route_resolver)
         self._flight = SingleFlight(
             backend, lock_ttl_s=lock_ttl_s, wait_s=wait_s, clock=clock, hooks=hooks
         )
@@ -482,7 +481,7 @@ class CacheMiddleware:
             return
         method: str = scope["method"]
         context: RequestContext | None = scope.get(SCOPE_KEY)
-        route = context.route if context is not None else self._resolve(scope, method)
+        route = context.route if context is not None else self._routes.resolve(scope, method)
         if method == "GET" or method == "HEAD":
             if route is None:
                 plan = self._path_plan(scope)
@@ -514,16 +513,6 @@ class CacheMiddleware:
             await self.app(scope, receive, send)
             return
         await self._invalidate(scope, receive, send, plans, method)
-
-    def _resolve(self, scope: Scope, method: str) -> str | None:
-        """The route template without bastion's context: from the app in the scope."""
-        resolver = self._resolver
-        if resolver is None:
-            app = scope.get("app")
-            if app is None or not hasattr(app, "routes"):
-                return None
-            resolver = self._resolver = AppRouteResolver(app)
-        return resolver.resolve(method, scope_path(scope))
 
     async def _cached(self, call: _Call) -> None:
         """A GET/HEAD on a route whose responses are stored."""

@@ -17,6 +17,7 @@ from datetime import timedelta
 from functools import lru_cache
 from typing import Any, ParamSpec, TypeVar
 
+from bastion._routes import compile_glob
 from bastion.exceptions import ConfigurationError
 
 __all__ = [
@@ -290,7 +291,7 @@ class CacheRule:
 @lru_cache(maxsize=256)
 def _pattern(path: str) -> Callable[[str], re.Match[str] | None]:
     """The compiled ``fullmatch`` of a rule pattern: ``*`` is any characters, the rest literal."""
-    return re.compile(".*".join(re.escape(part) for part in path.split("*"))).fullmatch
+    return compile_glob(path)
 
 
 def policy_of(endpoint: Any) -> CachePolicy | None:

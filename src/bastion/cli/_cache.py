@@ -9,19 +9,16 @@ command cannot reach: it says so and exits with status 2 instead of pretending t
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from bastion._urls import redact_url
 from bastion.cache import backend_for_store
-from bastion.cli._common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, settings_or_report
-from bastion.exceptions import StoreError
-from bastion.stores import store_from_url
+from bastion.cli._common import EXIT_OK, add_actions, run_with_store
 
 if TYPE_CHECKING:
     from bastion.settings import Settings
+    from bastion.stores import Store
 
 __all__ = ["register"]
 
@@ -51,8 +48,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "without Redis."
         ),
     )
-    actions = parser.add_subparsers(title="actions", dest="action", metavar="ACTION")
-    parser.set_defaults(run=_usage(parser))
+    actions = add_actions(parser)
     purge = actions.add_parser(
         "purge", help="invalidate every entry carrying one of the tags, in every worker"
     )
@@ -68,43 +64,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     purge.set_defaults(run=_purge)
 
 
-def _usage(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        parser.print_help(sys.stderr)
-        return EXIT_USAGE
-
-    return run
-
-
 def _purge(args: argparse.Namespace) -> int:
-    settings = settings_or_report()
-    if settings is None:
-        return EXIT_USAGE
-    if not settings.redis_url:
-        print(_NO_REDIS, file=sys.stderr)
-        return EXIT_USAGE
     tags: list[str] = list(dict.fromkeys(args.tags))
-    where = redact_url(settings.redis_url)
-    try:
-        asyncio.run(_purge_tags(settings, tags))
-    except StoreError as exc:
-        print(f"bastion cache purge: the store at {where} failed: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    print(f"purged {', '.join(tags)} in {where}", file=sys.stderr)
-    return EXIT_OK
 
-
-async def _purge_tags(settings: Settings, tags: list[str]) -> None:
-    stores = settings.stores
-    store = store_from_url(
-        settings.redis_url,
-        prefix=stores.key_prefix,
-        socket_timeout_s=max(stores.redis_socket_timeout_s, 2.0),
-        connect_timeout_s=max(stores.redis_connect_timeout_s, 2.0),
-        max_connections=2,
-        failure_threshold=1,
-    )
-    try:
+    async def purge(settings: Settings, store: Store) -> int:
         await backend_for_store(store).purge(*tags)
-    finally:
-        await store.aclose()
+        where = redact_url(settings.redis_url or "")  # set: the store was built from it
+        print(f"purged {', '.join(tags)} in {where}", file=sys.stderr)
+        return EXIT_OK
+
+    return run_with_store("cache purge", _NO_REDIS, purge, max_connections=2)

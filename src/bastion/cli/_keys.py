@@ -11,7 +11,6 @@ what it is on standard error; the store keeps only its hash, so it can never be 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import re
 import sys
@@ -19,14 +18,12 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from bastion._urls import redact_url
 from bastion.auth import ApiKeyRecord, ApiKeys, NewApiKey
-from bastion.cli._common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, settings_or_report
-from bastion.exceptions import StoreError
-from bastion.stores import store_from_url
+from bastion.cli._common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_actions, run_with_store
 
 if TYPE_CHECKING:
     from bastion.settings import Settings
+    from bastion.stores import Store
 
 __all__ = ["parse_duration", "register"]
 
@@ -82,8 +79,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "the key does not exist, 2 for invalid settings or arguments."
         ),
     )
-    actions = parser.add_subparsers(title="actions", dest="action", metavar="ACTION")
-    parser.set_defaults(run=_usage(parser))
+    actions = add_actions(parser)
 
     create = actions.add_parser("create", help="create a key and print it once")
     create.add_argument("--name", required=True, help="who or what the key is for")
@@ -119,50 +115,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     rotate.set_defaults(run=_runner(_rotate))
 
 
-def _usage(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        parser.print_help(sys.stderr)
-        return EXIT_USAGE
-
-    return run
-
-
 Action = Callable[[ApiKeys, argparse.Namespace], Awaitable[int]]
 
 
 def _runner(action: Action) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        settings = settings_or_report()
-        if settings is None:
-            return EXIT_USAGE
-        if not settings.redis_url:
-            print(_NO_REDIS, file=sys.stderr)
-            return EXIT_USAGE
-        try:
-            return asyncio.run(_with_keys(settings, action, args))
-        except StoreError as exc:
-            where = redact_url(settings.redis_url)
-            print(f"bastion keys: the store at {where} failed: {exc}", file=sys.stderr)
-            return EXIT_FAILED
+        async def with_keys(settings: Settings, store: Store) -> int:
+            return await action(ApiKeys(store, prefix=settings.auth.api_key_prefix), args)
+
+        return run_with_store("keys", _NO_REDIS, with_keys, max_connections=4)
 
     return run
-
-
-async def _with_keys(settings: Settings, action: Action, args: argparse.Namespace) -> int:
-    stores = settings.stores
-    store = store_from_url(
-        settings.redis_url,
-        prefix=stores.key_prefix,
-        socket_timeout_s=max(stores.redis_socket_timeout_s, 2.0),
-        connect_timeout_s=max(stores.redis_connect_timeout_s, 2.0),
-        max_connections=4,
-        failure_threshold=1,
-    )
-    try:
-        keys = ApiKeys(store, prefix=settings.auth.api_key_prefix)
-        return await action(keys, args)
-    finally:
-        await store.aclose()
 
 
 def _when(seconds: float | None) -> str:

@@ -5,16 +5,16 @@ server sends ``100 Continue``). A body without one (chunked, HTTP/2) is counted 
 it: ``receive`` raises ``RequestBodyTooLarge`` from the message that crosses the limit, so a
 client can never make the app buffer more than the limit plus one message.
 
-Patterns are the protection package's ``[METHODS ]PATTERN`` rules (``_priority.RouteTable``),
-matched on the route template, else the raw path, first match wins.
+Patterns are bastion's ``[METHODS ]PATTERN`` rules (``bastion._routes.RouteTable``), matched on
+the route template, else the raw path, first match wins.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
+from bastion._routes import RouteTable
 from bastion.exceptions import ConfigurationError
-from bastion.protection._priority import RouteTable
 
 __all__ = ["BodyLimits"]
 

@@ -26,11 +26,12 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from bastion._clock import SYSTEM_CLOCK, Clock
+from bastion._routes import RouteTable
 from bastion.context import SCOPE_KEY, RequestContext, current_context
 from bastion.events import Hooks, RequestTimedOut
 from bastion.exceptions import ConfigurationError
 from bastion.problem import send_problem
-from bastion.protection._priority import RouteTable, route_target, rule_from_value
+from bastion.protection._priority import route_target, rule_from_value
 from bastion.types import ASGIApp, Message, Receive, Scope, Send
 
 if TYPE_CHECKING:

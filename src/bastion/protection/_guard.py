@@ -14,11 +14,11 @@ recorded after the response went out, and enough of them in a window ban the cli
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from bastion._asgi import get_header
+from bastion._asgi import get_header, retry_after
+from bastion._routes import RoutePattern
 from bastion.context import SCOPE_KEY, RequestContext
 from bastion.events import (
     BannedRequest,
@@ -34,7 +34,6 @@ from bastion.protection._bodylimit import BodyLimits
 from bastion.protection._headers import SecurityHeaders
 from bastion.protection._networks import ALLOWED, DENIED, Network, NetworkList
 from bastion.protection._paths import path_problem
-from bastion.protection._priority import RoutePattern
 from bastion.types import ASGIApp, Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
@@ -54,10 +53,6 @@ _PATH_DETAIL = {
     "invalid_utf8": "The request path is not valid UTF-8.",
 }
 _BODILESS_STATUS = -1
-
-
-def _retry_after(seconds: float) -> bytes:
-    return str(max(1, math.ceil(seconds))).encode()
 
 
 class GuardMiddleware:
@@ -324,11 +319,9 @@ class GuardMiddleware:
             status, detail = 403, "Requests from this network are not accepted."
         elif event is BannedRequest:
             status = 403
-            wait = _retry_after(members["retry_after_s"])
-            detail = (
-                f"This client sent too many failing requests and is blocked for {wait.decode()} s."
-            )
-            headers.append((b"retry-after", wait))
+            wait = retry_after(members["retry_after_s"])
+            detail = f"This client sent too many failing requests and is blocked for {wait} s."
+            headers.append((b"retry-after", str(wait).encode()))
         elif event is PathRejected:
             status, detail = 400, _PATH_DETAIL[members["problem"]]
         else:

@@ -1,8 +1,8 @@
-"""Route patterns and request priorities, shared by load shedding and deadlines.
+"""Route rules and request priorities, shared by load shedding and deadlines.
 
 Both layers run before the framework routes the request, so what applies to a request is found
 from its route template (``RequestContext.route``, resolved by bastion's request context) or,
-without one, its raw path, by ``[METHODS ]PATTERN`` rules compiled once and memoized per route.
+without one, its raw path, by ``[METHODS ]PATTERN`` rules (``bastion._routes.RouteTable``).
 
 A request's priority (``RequestContext.priority``; higher is served first) is the sum of what an
 outer layer already set, the first route rule that matches, and the rule for its principal.
@@ -10,11 +10,11 @@ outer layer already set, the first route rule that matches, and the rule for its
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
+from bastion._routes import RoutePattern, RouteTable
 from bastion.context import RequestContext
 from bastion.exceptions import ConfigurationError
 from bastion.types import Scope
@@ -23,104 +23,12 @@ __all__ = [
     "PriorityFunc",
     "PriorityRule",
     "Priorities",
-    "RoutePattern",
-    "RouteTable",
     "route_target",
     "rule_from_value",
 ]
 
-_METHODS = re.compile(r"[A-Z]+(?:,[A-Z]+)*")
-_MEMO_LIMIT = 4096
-
-T = TypeVar("T")
-
 PriorityFunc = Callable[[Scope], int | None]
 """Returns a request's priority from its scope (``None``: keep the one the rules gave)."""
-
-
-class RoutePattern:
-    """``[METHODS ]PATTERN``: ``*`` matches any characters (``/`` included), the rest is literal.
-
-    Args:
-        text: e.g. ``/reports/*``, ``GET,HEAD /items/{id}`` or ``*``.
-
-    Raises:
-        ConfigurationError: when the methods are not capitals or the path does not start with
-            ``/`` (nor is ``*``).
-    """
-
-    __slots__ = ("_match", "methods", "text")
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-        methods, _, path = text.strip().rpartition(" ")
-        methods = methods.strip()
-        if methods and not _METHODS.fullmatch(methods):
-            raise ConfigurationError(
-                f"invalid pattern {text!r}: expected '[METHODS ]PATTERN' such as '/reports/*' or "
-                "'GET,POST /items/{id}' (methods in capitals, comma-separated)"
-            )
-        if not (path.startswith("/") or path == "*"):
-            raise ConfigurationError(
-                f"invalid pattern {text!r}: the path pattern must start with '/' or be '*'"
-            )
-        self.methods = frozenset(methods.split(",")) if methods else None
-        self._match = re.compile(".*".join(re.escape(part) for part in path.split("*"))).fullmatch
-
-    def matches(self, method: str, target: str) -> bool:
-        """Whether a ``method`` request whose route template (or path) is ``target`` matches."""
-        methods = self.methods
-        return (methods is None or method in methods) and self._match(target) is not None
-
-    def __repr__(self) -> str:
-        return f"RoutePattern({self.text!r})"
-
-
-class RouteTable(Generic[T]):
-    """The first matching pattern's value for a request, memoized per (method, route).
-
-    Raw paths (requests no route matched) are unbounded, so they are memoized only while the
-    table has room; route templates always are.
-
-    Args:
-        rules: ``(pattern, value)`` pairs, first match wins.
-        default: the value when no pattern matches.
-    """
-
-    __slots__ = ("_default", "_memo", "_rules")
-
-    def __init__(self, rules: Iterable[tuple[str | RoutePattern, T]], default: T) -> None:
-        self._rules = tuple(
-            (pattern if isinstance(pattern, RoutePattern) else RoutePattern(pattern), value)
-            for pattern, value in rules
-        )
-        self._default = default
-        self._memo: dict[tuple[str, str], T] = {}
-
-    def __bool__(self) -> bool:
-        return bool(self._rules)
-
-    def lookup(self, method: str, route: str | None, path: str) -> T:
-        """The value for a request (``route`` is its template, or ``None`` when none matched)."""
-        if not self._rules:
-            return self._default  # no pattern to match: skip building the memo key
-        target = route if route is not None else path
-        key = (method, target)
-        try:
-            return self._memo[key]
-        except KeyError:
-            pass
-        value = self._default
-        for pattern, candidate in self._rules:
-            if pattern.matches(method, target):
-                value = candidate
-                break
-        memo = self._memo
-        if route is not None or len(memo) < _MEMO_LIMIT:
-            if len(memo) >= _MEMO_LIMIT:
-                memo.clear()
-            memo[key] = value
-        return value
 
 
 def route_target(scope: Scope, context: RequestContext | None) -> tuple[str, str | None, str]:

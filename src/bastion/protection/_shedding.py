@@ -22,18 +22,17 @@ from typing import TYPE_CHECKING, Any, Literal
 import anyio
 
 from bastion._clock import SYSTEM_CLOCK, Clock
+from bastion._routes import RouteTable
 from bastion.context import SCOPE_KEY, RequestContext
 from bastion.events import Hooks, RequestShed
 from bastion.exceptions import ConfigurationError
-from bastion.problem import send_problem
-from bastion.protection._adaptive import AIMD, AdaptiveLimit, Gradient2
-from bastion.protection._priority import (
-    Priorities,
-    PriorityFunc,
-    PriorityRule,
-    RouteTable,
-    route_target,
+from bastion.problem import (
+    TEMPORARY_REDUCED_CAPACITY,
+    TEMPORARY_REDUCED_CAPACITY_TITLE,
+    send_problem,
 )
+from bastion.protection._adaptive import AIMD, AdaptiveLimit, Gradient2
+from bastion.protection._priority import Priorities, PriorityFunc, PriorityRule, route_target
 from bastion.types import ASGIApp, Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
@@ -50,10 +49,6 @@ QueueOrder = Literal["fifo", "lifo"]
 """Order of waiters of equal priority: oldest first, or newest first (lower latency for the
 requests served under sustained overload, at the price of fairness)."""
 
-TEMPORARY_REDUCED_CAPACITY = (
-    "https://iana.org/assignments/http-problem-types#temporary-reduced-capacity"
-)
-"""Problem type of a shed request (draft-ietf-httpapi-ratelimit-headers §5.2)."""
 
 # Waiter states: a waiter leaves WAITING exactly once, synchronously, so no lock is needed.
 _WAITING, _GRANTED, _EVICTED, _LEFT = 0, 1, 2, 3
@@ -572,7 +567,7 @@ class SheddingMiddleware:
             send,
             503,
             type_=TEMPORARY_REDUCED_CAPACITY,
-            title="Request cannot be satisfied due to temporary server capacity constraints",
+            title=TEMPORARY_REDUCED_CAPACITY_TITLE,
             detail=f"The server is at capacity; retry in {wait} s.",
             headers=[(b"retry-after", str(wait).encode())],
         )

@@ -28,7 +28,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from bastion.context import SCOPE_KEY, RequestContext
-from bastion.problem import PROBLEM_CONTENT_TYPE, problem_body
+from bastion.problem import PROBLEM_CONTENT_TYPE, TEMPORARY_REDUCED_CAPACITY_TITLE, problem_body
 from bastion.ratelimit._http import (
     DECISIONS_SCOPE_KEY,
     LIMITER_SCOPE_KEY,
@@ -108,7 +108,7 @@ async def rate_limit_problem(request: Request, exc: Exception) -> Response:
         members["request_id"] = context.request_id
     if exc.status_code == 503:
         type_ = TEMPORARY_REDUCED_CAPACITY
-        title = "Request cannot be satisfied due to temporary server capacity constraints"
+        title = TEMPORARY_REDUCED_CAPACITY_TITLE
     else:
         type_ = QUOTA_EXCEEDED
         title = "Request cannot be satisfied as assigned quota has been exceeded"

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from bastion._asgi import retry_after
 from bastion.context import SCOPE_KEY, RequestContext
-from bastion.problem import send_problem
+from bastion.problem import (
+    TEMPORARY_REDUCED_CAPACITY,
+    TEMPORARY_REDUCED_CAPACITY_TITLE,
+    send_problem,
+)
 from bastion.ratelimit._limiter import Decision
 from bastion.types import Scope, Send
 
@@ -34,10 +38,6 @@ adds to the response (its own and those of ``limit()`` dependencies)."""
 
 QUOTA_EXCEEDED = "https://iana.org/assignments/http-problem-types#quota-exceeded"
 """Problem type of a 429 (draft-ietf-httpapi-ratelimit-headers §5.1)."""
-TEMPORARY_REDUCED_CAPACITY = (
-    "https://iana.org/assignments/http-problem-types#temporary-reduced-capacity"
-)
-"""Problem type of the 503 sent when the store is down and the policy is ``fail_closed``."""
 
 KeyFunc = Callable[[Scope], str | None]
 """Returns whose budget a request spends (any string), or ``None`` to not limit the request."""
@@ -60,11 +60,6 @@ def client_key(scope: Scope) -> str | None:
         peer: Any = scope.get("client")
         client = peer[0] if peer else None
     return "ip:" + client if client else "ip:unknown"
-
-
-def retry_after(seconds: float) -> int:
-    """``Retry-After`` in whole seconds: rounded up, at least 1."""
-    return max(1, math.ceil(seconds))
 
 
 def decision_headers(decisions: Iterable[Decision]) -> list[tuple[bytes, bytes]]:
@@ -104,7 +99,7 @@ async def send_refusal(
             send,
             503,
             type_=TEMPORARY_REDUCED_CAPACITY,
-            title="Request cannot be satisfied due to temporary server capacity constraints",
+            title=TEMPORARY_REDUCED_CAPACITY_TITLE,
             detail=f"Rate limits cannot be checked right now; retry in {wait} s.",
             headers=refusal_headers(decision, headers=headers),
             extensions={"violated-policies": list(decision.violated)},

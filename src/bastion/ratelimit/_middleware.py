@@ -8,12 +8,17 @@ whose pattern matches, else the default ``rate``. Allowed responses carry ``Rate
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from bastion._routes import AppRouteResolver, RouteResolver
+from bastion._routes import (
+    RoutePattern,
+    RouteResolver,
+    ScopeRoutes,
+    compile_patterns,
+    memoize_route,
+)
 from bastion.context import SCOPE_KEY, RequestContext
 from bastion.exceptions import ConfigurationError
 from bastion.ratelimit._http import (
@@ -36,36 +41,7 @@ if TYPE_CHECKING:
 
 __all__ = ["RateLimitMiddleware", "Rule"]
 
-_METHODS = re.compile(r"[A-Z]+(?:,[A-Z]+)*")
-_MEMO_LIMIT = 4096
 _UNMATCHED = "*"
-
-
-class _Pattern:
-    """``[METHODS ]PATTERN``: ``*`` matches any characters (``/`` included), the rest is literal."""
-
-    __slots__ = ("match", "methods", "text")
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-        methods, _, path = text.strip().rpartition(" ")
-        methods = methods.strip()
-        if methods and not _METHODS.fullmatch(methods):
-            raise ConfigurationError(
-                f"invalid pattern {text!r}: expected '[METHODS ]PATTERN' such as '/search/*' or "
-                "'GET,POST /items/{id}' (methods in capitals, comma-separated)"
-            )
-        if not (path.startswith("/") or path == "*"):
-            raise ConfigurationError(
-                f"invalid pattern {text!r}: the path pattern must start with '/' or be '*'"
-            )
-        self.methods = frozenset(methods.split(",")) if methods else None
-        regex = ".*".join(re.escape(part) for part in path.split("*"))
-        self.match = re.compile(regex).fullmatch
-
-    def matches(self, method: str, target: str) -> bool:
-        methods = self.methods
-        return (methods is None or method in methods) and self.match(target) is not None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -137,7 +113,7 @@ class _CompiledRule:
     __slots__ = ("cost", "limit", "pattern")
 
     def __init__(self, rule: Rule, default_algorithm: Algorithm) -> None:
-        self.pattern = _Pattern(rule.path)
+        self.pattern = RoutePattern(rule.path)
         algorithm = rule.algorithm if rule.algorithm is not None else default_algorithm
         cost: object = rule.cost  # rules from JSON may hold anything
         if not isinstance(cost, int) or isinstance(cost, bool) or cost < 0:
@@ -220,7 +196,7 @@ class RateLimitMiddleware:
         "_key",
         "_memo",
         "_rate",
-        "_resolver",
+        "_routes",
         "_rules",
         "app",
         "limiter",
@@ -253,12 +229,12 @@ class RateLimitMiddleware:
         self._key = key if key is not None else client_key
         if callable(exclude):
             self._exclude: Callable[[Scope], bool] | None = exclude
-            self._exclude_patterns: tuple[_Pattern, ...] = ()
+            self._exclude_patterns: tuple[RoutePattern, ...] = ()
         else:
             self._exclude = None
-            self._exclude_patterns = tuple(_Pattern(pattern) for pattern in exclude)
+            self._exclude_patterns = compile_patterns(exclude)
         self._headers = headers
-        self._resolver: RouteResolver | None = route_resolver
+        self._routes = ScopeRoutes(route_resolver)
         self._memo: dict[tuple[str, str], _Plan] = {}
 
     @staticmethod
@@ -309,11 +285,7 @@ class RateLimitMiddleware:
             rules.append(rule)
         options["rules"] = rules
         exclude = list(settings.exclude)
-        for pattern in exclude:
-            try:
-                _Pattern(pattern)
-            except ConfigurationError as exc:
-                raise ConfigurationError(f"BASTION_RATELIMIT__EXCLUDE: {exc}") from None
+        compile_patterns(exclude, "BASTION_RATELIMIT__EXCLUDE")
         options["exclude"] = exclude
         return options
 
@@ -331,7 +303,7 @@ class RateLimitMiddleware:
             method, route, principal = context.method, context.route, context.principal
         else:
             method, principal = scope["method"], None
-            route = self._resolve(scope, method)
+            route = self._routes.resolve(scope, method)
         plan = self._plan(method, route, scope)
         own: list[tuple[bytes, bytes]] = []
         exclude = self._exclude
@@ -383,19 +355,6 @@ class RateLimitMiddleware:
 
         await self.app(scope, receive, send_with_headers)
 
-    def _resolve(self, scope: Scope, method: str) -> str | None:
-        resolver = self._resolver
-        if resolver is None:
-            app = scope.get("app")
-            if app is None or not hasattr(app, "routes"):
-                return None
-            resolver = self._resolver = AppRouteResolver(app)
-        path: str = scope["path"]
-        root_path: str = scope.get("root_path", "")
-        if root_path and path.startswith(root_path):
-            path = path[len(root_path) :] or "/"
-        return resolver.resolve(method, path)
-
     def _plan(self, method: str, route: str | None, scope: Scope) -> _Plan:
         target = route if route is not None else scope["path"]
         memo_key = (method, target)
@@ -404,11 +363,7 @@ class RateLimitMiddleware:
         except KeyError:
             pass
         plan = self._choose(method, target, route)
-        if route is not None or len(self._memo) < _MEMO_LIMIT:
-            # Raw paths are unbounded (ids, scanners); they are memoized only while there is room.
-            if len(self._memo) >= _MEMO_LIMIT:
-                self._memo.clear()
-            self._memo[memo_key] = plan
+        memoize_route(self._memo, memo_key, plan, template=route is not None)
         return plan
 
     def _choose(self, method: str, target: str, route: str | None) -> _Plan:
