@@ -651,7 +651,7 @@ def fastapi_cache2_hit() -> ASGIApp:
     app = FastAPI(lifespan=lifespan)
 
     @app.get("/items/{item_id}")
-    @cache(expire=60)
+    @cache(expire=60)  # type: ignore[untyped-decorator,unused-ignore]  # untyped without the bench group
     async def read_item(item_id: int, q: str | None = None) -> dict[str, Any]:
         return item_payload(item_id, q)
 
