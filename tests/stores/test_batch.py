@@ -152,3 +152,21 @@ async def test_a_turn_larger_than_max_batch_is_split(client: Redis, key: str) ->
     finally:
         await client.delete(key)
     assert (list(range(1, 21)), 3) == (sorted(replies), sent)
+
+
+async def test_a_leader_cancelled_before_sending_still_sends_the_others(
+    client: Redis, key: str
+) -> None:
+    """The first caller of a turn leads the batch; cancelled before it leaves, the rest go."""
+    batcher = CommandBatcher(client)
+    leader = asyncio.create_task(batcher.execute("INCR", key))
+    followers = [asyncio.create_task(batcher.execute("INCR", key)) for _ in range(3)]
+    await asyncio.sleep(0)  # the leader waits its turn; the followers have joined it
+    leader.cancel()
+    try:
+        results = await asyncio.gather(leader, *followers, return_exceptions=True)
+        stored = int(await client.get(key) or 0)
+    finally:
+        await client.delete(key)
+    assert isinstance(results[0], asyncio.CancelledError)
+    assert ([1, 2, 3], 3) == (sorted(results[1:]), stored)  # type: ignore[type-var]

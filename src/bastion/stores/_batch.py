@@ -6,7 +6,7 @@ writes its own packet, waits for its own reply and hands the connection back: wi
 bookkeeping costs more than the round trip itself. ``CommandBatcher`` queues the commands issued in
 one turn and sends them at the start of the next as a single non-transactional pipeline: one
 connection, one write, the replies read back in order and handed to their callers. A lone command
-(no concurrency) goes out alone, as before, one turn later.
+(no concurrency) goes out alone, one turn later, sent by its own caller.
 
 Each command keeps its own outcome: a command that fails (``NOSCRIPT``, ``WRONGTYPE``, a script
 error) raises in its own caller only; a failure of the connection raises in every caller of the
@@ -49,34 +49,55 @@ class CommandBatcher:
     def __init__(self, client: Redis, *, max_batch: int = 256) -> None:
         self._client = client
         self._max_batch = max_batch
-        self._pending: list[_Pending] = []
+        # The batch forming in this turn (the commands that joined its leader), else None.
+        self._pending: list[_Pending] | None = None
         # Sending tasks are referenced until done: the loop keeps only weak references.
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def execute(self, *command: Any) -> Any:
         """Send ``command`` (``"GET", key``…) with the others of this turn; return its reply."""
-        return await self._queue(command, None)
+        return await self._submit(command, None)
 
     async def script(self, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         """Run a registered script (``EVALSHA``, loaded again after ``NOSCRIPT``)."""
-        return await self._queue(("EVALSHA", script.sha, len(keys), *keys, *args), script)
+        return await self._submit(("EVALSHA", script.sha, len(keys), *keys, *args), script)
 
-    def _queue(self, command: tuple[Any, ...], script: AsyncScript | None) -> asyncio.Future[Any]:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
+    async def _submit(self, command: tuple[Any, ...], script: AsyncScript | None) -> Any:
+        """Join the batch forming in this turn, or lead one.
+
+        The leader waits one turn (``sleep(0)`` resumes it after every callback already
+        scheduled, so the tasks woken with it have joined), then sends. Alone, it sends its
+        command itself: no future, no task, the cost of a plain call plus one turn.
+        """
         pending = self._pending
-        pending.append((command, future, script))
-        if len(pending) == 1:
-            # Runs after every callback already scheduled for this turn: the tasks woken in this
-            # turn all queue their commands before the batch leaves.
-            loop.call_soon(self._flush)
-        return future
+        if pending is not None:
+            future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            pending.append((command, future, script))
+            return await future
+        joined: list[_Pending] = []
+        self._pending = joined
+        try:
+            await asyncio.sleep(0)
+        except BaseException:  # cancelled before sending: the others still go
+            self._pending = None
+            self._dispatch(joined)
+            raise
+        self._pending = None
+        if not joined:
+            reply = await self._one(command, script)
+            if isinstance(reply, Exception):
+                raise reply
+            return reply
+        own: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        # Sent by a task: if this caller is cancelled now, the others still get their replies.
+        self._dispatch([(command, own, script), *joined])
+        return await own
 
-    def _flush(self) -> None:
-        pending, self._pending = self._pending, []
+    def _dispatch(self, batch: list[_Pending]) -> None:
         size = self._max_batch
-        for start in range(0, len(pending), size):
-            task = asyncio.get_running_loop().create_task(self._send(pending[start : start + size]))
+        loop = asyncio.get_running_loop()
+        for start in range(0, len(batch), size):
+            task = loop.create_task(self._send(batch[start : start + size]))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
