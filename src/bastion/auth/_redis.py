@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, cast
 
 from bastion.auth._keys import ApiKeyRecord
 from bastion.auth._records import CreateResult
-from bastion.exceptions import StoreDataError
+from bastion.exceptions import ConfigurationError, StoreDataError
 
 if TYPE_CHECKING:
     from redis.commands.core import AsyncScript
@@ -20,7 +20,10 @@ if TYPE_CHECKING:
     from bastion.stores.gate import GateGuard
     from bastion.stores.redis import RedisStore
 
-__all__ = ["RedisKeyRecords"]
+__all__ = ["RETENTION_S", "RedisKeyRecords"]
+
+RETENTION_S = 30 * 24 * 3600.0
+"""How long an expired or revoked key's record is kept by default: 30 days."""
 
 
 def _script(name: str) -> str:
@@ -34,16 +37,33 @@ _CREATED: dict[int, CreateResult] = {1: "created", 0: "id_taken", -1: "no_such_k
 class RedisKeyRecords:
     """Key records in Redis, shared by every worker and host that uses the store.
 
+    A record that can no longer authenticate, past its expiry or revoked, stays for
+    ``retention_s`` (for ``bastion keys list`` and audits), then Redis drops it and ``all`` drops
+    its id from the index: the store does not keep every key ever made.
+
     Args:
         store: a ``RedisStore`` (normally its ``auth`` namespace); its client, key prefix and
             health gate are used, so failures are ``StoreError`` and heal with the store.
+        retention_s: how long an expired or revoked key's record is kept.
     """
 
-    __slots__ = ("_create", "_guard", "_index", "_revoke", "_touch", "client", "key_prefix")
+    __slots__ = (
+        "_create",
+        "_guard",
+        "_index",
+        "_retention",
+        "_revoke",
+        "_touch",
+        "client",
+        "key_prefix",
+    )
 
     name = "redis"
 
-    def __init__(self, store: RedisStore) -> None:
+    def __init__(self, store: RedisStore, *, retention_s: float = RETENTION_S) -> None:
+        if not retention_s > 0:
+            raise ConfigurationError(f"retention_s must be positive, not {retention_s}")
+        self._retention = repr(float(retention_s))
         client = store.client
         self.client = client
         self.key_prefix = store.key_prefix + "{keys}"
@@ -76,6 +96,9 @@ class RedisKeyRecords:
                 for key_id in ids:
                     pipe.hgetall(self._key(key_id))  # type: ignore[unused-awaitable]
                 rows = await pipe.execute()
+            gone = [key_id for key_id, fields in zip(ids, rows, strict=True) if not fields]
+            if gone:  # records Redis dropped after their retention: forget their ids too
+                await self.client.srem(self._index, *gone)
         return [_record(key_id, fields) for key_id, fields in zip(ids, rows, strict=True) if fields]
 
     async def create(
@@ -85,7 +108,8 @@ class RedisKeyRecords:
         keys = [self._key(record.id), self._index]
         if replacing is not None:
             keys.append(self._key(replacing))
-        args: list[str] = [record.id, repr(replaced_until)]
+        # The record's creation time is "now" on the caller's clock, the one its times use.
+        args = [record.id, repr(replaced_until), self._retention, repr(record.created)]
         for name, value in record.to_fields().items():
             args += (name, value)
         with self._guard:
@@ -95,7 +119,7 @@ class RedisKeyRecords:
     async def revoke(self, key_id: str, at: float) -> bool:
         """Mark the key revoked (the first time stays); whether it exists."""
         with self._guard:
-            result = await self._revoke(keys=[self._key(key_id)], args=[repr(at)])
+            result = await self._revoke(keys=[self._key(key_id)], args=[repr(at), self._retention])
         return bool(result)
 
     async def touch(self, key_id: str, at: float) -> None:

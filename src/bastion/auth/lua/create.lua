@@ -5,10 +5,37 @@
 -- KEYS[3]  optional: the record of the key being replaced
 -- ARGV[1]  the new key's id
 -- ARGV[2]  with KEYS[3]: when the replaced key expires at the latest (seconds since the epoch)
--- ARGV[3…] the new record's field/value pairs
+-- ARGV[3]  RETENTION: seconds a record outlives its expiry or revocation
+-- ARGV[4]  now, on the caller's clock (seconds since the epoch)
+-- ARGV[5…] the new record's field/value pairs
 --
 -- Returns 1 when created, 0 when the id is taken, -1 when the replaced key does not exist, -2
 -- when it is revoked. Nothing is written unless it returns 1.
+
+-- A record that can no longer authenticate (past its expiry, or revoked) is kept for
+-- ARGV[3] seconds (RETENTION), for `bastion keys list` and audits, then Redis drops it: without
+-- this, every key ever made would stay in the store. HSET keeps an expiry, so later updates
+-- (last-used) do not undo it.
+local function retire(key, retention, now)
+    local times = redis.call("HMGET", key, "expires", "revoked")
+    local first = nil
+    for _, value in ipairs(times) do
+        if value and value ~= "" then
+            local at = tonumber(value)
+            if first == nil or at < first then
+                first = at
+            end
+        end
+    end
+    if first ~= nil then
+        -- A duration, measured on the clock the record's times come from (the caller's), so a
+        -- server clock that disagrees with it cannot drop a record early.
+        local ttl = math.ceil((first + retention - now) * 1000)
+        redis.call("PEXPIRE", key, math.max(1, ttl))
+    end
+end
+
+local retention, now = tonumber(ARGV[3]), tonumber(ARGV[4])
 if redis.call("EXISTS", KEYS[1]) == 1 then
     return 0
 end
@@ -26,7 +53,9 @@ if #KEYS == 3 then
         redis.call("HSET", KEYS[3], "expires", ARGV[2])
     end
     redis.call("HSET", KEYS[3], "replaced_by", ARGV[1])
+    retire(KEYS[3], retention, now)
 end
-redis.call("HSET", KEYS[1], unpack(ARGV, 3))
+redis.call("HSET", KEYS[1], unpack(ARGV, 5))
+retire(KEYS[1], retention, now)
 redis.call("SADD", KEYS[2], ARGV[1])
 return 1
