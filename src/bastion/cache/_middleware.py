@@ -397,6 +397,7 @@ class CacheMiddleware:
         "_path_plans",
         "_plans",
         "_private",
+        "_public_dependencies",
         "_refreshing",
         "_routes",
         "_rules",
@@ -457,6 +458,8 @@ class CacheMiddleware:
         self._path_plans: dict[str, _Plan | None] = {}
         self._invalidations: dict[tuple[str, str | None], tuple[_Plan, ...] | None] = {}
         self._index: dict[str, list[Any]] | None = None
+        # Route template -> the dependencies of its GET route (FastAPI), for the warning below.
+        self._public_dependencies: dict[str, tuple[str, ...]] = {}
         self._decoded: dict[str, tuple[bytes, Entry]] = {}
         self._decoded_bytes = 0
         self._refreshing: set[str] = set()
@@ -1090,6 +1093,18 @@ class CacheMiddleware:
                     policy = rule.policy
                     break
         plan = self._compile(policy, route) if policy is not None else None
+        if plan is not None and route is not None and plan.public:
+            dependencies = self._public_dependencies.get(route)
+            if dependencies:
+                # A hit is served before FastAPI runs the route's dependencies: an auth check
+                # among them would not run for a public entry (docs/cache.md, gotchas).
+                logger.warning(
+                    "route %s is cached public=True and has dependencies (%s): a cache hit "
+                    "skips them, so every caller gets the stored response; drop public=True "
+                    "if one of them checks who may see it",
+                    route,
+                    ", ".join(dependencies),
+                )
         if plan is not None and route is not None:
             # HEAD is answered from the GET entry only where the app itself answers HEAD
             # (Starlette routes do; FastAPI's GET routes answer 405): a hit never changes that.
@@ -1132,6 +1147,8 @@ class CacheMiddleware:
             index = {}
             for route in route_endpoints(scope.get("app")):
                 index.setdefault(route.template, []).append((route.methods, route.endpoint))
+                if route.dependencies and (route.methods is None or "GET" in route.methods):
+                    self._public_dependencies[route.template] = route.dependencies
             if scope.get("app") is not None:
                 self._index = index
         return index

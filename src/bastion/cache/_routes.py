@@ -24,6 +24,8 @@ class RouteEndpoint(NamedTuple):
     """The methods it accepts, ``None`` for any."""
     endpoint: Any
     """The endpoint function (or ASGI app) the route calls."""
+    dependencies: tuple[str, ...] = ()
+    """The names of the route's FastAPI dependencies (``Depends``, ``dependencies=[...]``)."""
 
 
 def route_endpoints(app: Any, prefix: str = "") -> list[RouteEndpoint]:
@@ -38,7 +40,14 @@ def route_endpoints(app: Any, prefix: str = "") -> list[RouteEndpoint]:
             found.extend(route_endpoints(route, prefix + path))  # a Mount
             continue
         methods = getattr(route, "methods", None)
+        dependant = getattr(route, "dependant", None)  # FastAPI routes only
+        dependencies = tuple(
+            getattr(dependency.call, "__qualname__", repr(dependency.call))
+            for dependency in getattr(dependant, "dependencies", ())
+        )
         found.append(
-            RouteEndpoint(prefix + path, frozenset(methods) if methods else None, endpoint)
+            RouteEndpoint(
+                prefix + path, frozenset(methods) if methods else None, endpoint, dependencies
+            )
         )
     return found
