@@ -30,7 +30,11 @@ def _script(name: str) -> str:
     return resources.files("bastion.auth").joinpath(f"lua/{name}.lua").read_text(encoding="utf-8")
 
 
-_CREATE, _REVOKE, _TOUCH = _script("create"), _script("revoke"), _script("touch")
+# The retention rule is shared by the scripts that can end a key's life (see _retire.lua).
+_RETIRE = _script("_retire")
+_CREATE = _RETIRE + _script("create")
+_REVOKE = _RETIRE + _script("revoke")
+_TOUCH = _script("touch")
 _CREATED: dict[int, CreateResult] = {1: "created", 0: "id_taken", -1: "no_such_key", -2: "revoked"}
 
 

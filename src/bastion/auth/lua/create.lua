@@ -12,28 +12,7 @@
 -- Returns 1 when created, 0 when the id is taken, -1 when the replaced key does not exist, -2
 -- when it is revoked. Nothing is written unless it returns 1.
 
--- A record that can no longer authenticate (past its expiry, or revoked) is kept for
--- ARGV[3] seconds (RETENTION), for `bastion keys list` and audits, then Redis drops it: without
--- this, every key ever made would stay in the store. HSET keeps an expiry, so later updates
--- (last-used) do not undo it.
-local function retire(key, retention, now)
-    local times = redis.call("HMGET", key, "expires", "revoked")
-    local first = nil
-    for _, value in ipairs(times) do
-        if value and value ~= "" then
-            local at = tonumber(value)
-            if first == nil or at < first then
-                first = at
-            end
-        end
-    end
-    if first ~= nil then
-        -- A duration, measured on the clock the record's times come from (the caller's), so a
-        -- server clock that disagrees with it cannot drop a record early.
-        local ttl = math.ceil((first + retention - now) * 1000)
-        redis.call("PEXPIRE", key, math.max(1, ttl))
-    end
-end
+-- retire(key, retention, now) comes from _retire.lua.
 
 local retention, now = tonumber(ARGV[3]), tonumber(ARGV[4])
 if redis.call("EXISTS", KEYS[1]) == 1 then
