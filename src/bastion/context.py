@@ -266,10 +266,10 @@ class ContextBuilder:
 
     __slots__ = (
         "_extra",
-        "_extra_names",
         "_forwarded",
         "_header",
         "_header_out",
+        "_names",
         "_resolver",
         "_trust_id",
         "_trusted",
@@ -292,8 +292,8 @@ class ContextBuilder:
         # guard's security headers here): added in the copy of the header list this wrapper
         # makes anyway, instead of by a second send wrapper.
         self._extra = tuple((name.lower(), value) for name, value in response_headers)
-        self._extra_names = frozenset(name for name, _ in self._extra)
         self._header = request_id_header.lower().encode("latin-1")
+        self._names = frozenset(name for name, _ in self._extra) | {self._header}
         self._header_out = request_id_header.encode("latin-1")
         self._trust_id = trust_incoming_request_id
         self._trusted = _parse_networks(trusted_proxies)
@@ -301,12 +301,10 @@ class ContextBuilder:
         self._resolver = route_resolver
 
     def echo(self, context: RequestContext, send: Send) -> Send:
-        """Wrap ``send`` to record the response status and add the request id header."""
+        """Wrap ``send`` to record the response status and add the request id header, and the
+        fixed ``response_headers``, each unless the app set it."""
         header = (self._header_out, context.request_id.encode("latin-1"))
-        header_name = self._header
-        extra = self._extra
-        if extra:
-            return self._echo_with(context, send, header, extra)
+        header_name, extra, names = self._header, self._extra, self._names
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -315,33 +313,6 @@ class ContextBuilder:
                 headers = message.get("headers", ())
                 # ASGI response header names are lower-case, so a plain comparison suffices.
                 for key, _ in headers:
-                    if key == header_name:
-                        break
-                else:
-                    # Headers may be a tuple or a list owned by the framework; never mutate it.
-                    message["headers"] = [*headers, header]
-            else:
-                context.response_bytes += len(message.get("body", b""))
-            await send(message)
-
-        return send_with_id
-
-    def _echo_with(
-        self,
-        context: RequestContext,
-        send: Send,
-        header: tuple[bytes, bytes],
-        extra: tuple[tuple[bytes, bytes], ...],
-    ) -> Send:
-        """``echo`` that also adds the fixed ``response_headers`` the app did not set."""
-        header_name = self._header
-        names = self._extra_names | {header_name}
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                context.status = message["status"]
-                headers = message.get("headers", ())
-                for key, _ in headers:
                     if key in names:  # the app set one of ours: add only the others
                         present = {key for key, _ in headers}
                         added = [] if header_name in present else [header]
@@ -349,12 +320,13 @@ class ContextBuilder:
                         message["headers"] = [*headers, *added]
                         break
                 else:
+                    # Headers may be a tuple or a list owned by the framework; never mutate it.
                     message["headers"] = [*headers, header, *extra]
             else:
                 context.response_bytes += len(message.get("body", b""))
             await send(message)
 
-        return send_with_headers
+        return send_with_id
 
     def build(self, scope: Scope) -> RequestContext:
         """The context of the request in ``scope`` (headers read once, route resolved)."""
