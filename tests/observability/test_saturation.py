@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import subprocess
@@ -24,8 +25,20 @@ linux_only = pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="n
 
 @pytest.fixture
 def sleeper() -> Iterator[subprocess.Popen[bytes]]:
-    """A child process that sleeps until it is killed."""
+    """A child process that sleeps until it is killed, read only once it runs ``sleep``.
+
+    Right after ``Popen`` returns, the child may still be between fork and exec, with no memory
+    of its own mapped yet: reading it then finds a resident size of 0.
+    """
     process = subprocess.Popen(["sleep", "30"], stdin=subprocess.DEVNULL)
+    proc = Path(f"/proc/{process.pid}")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError, IndexError):
+            resident_pages = int((proc / "statm").read_text().split()[1])
+            if (proc / "comm").read_text().strip() == "sleep" and resident_pages > 0:
+                break
+        time.sleep(0.005)
     try:
         yield process
     finally:
