@@ -303,25 +303,26 @@ class ContextBuilder:
     def echo(self, context: RequestContext, send: Send) -> Send:
         """Wrap ``send`` to record the response status and add the request id header, and the
         fixed ``response_headers``, each unless the app set it."""
-        header = (self._header_out, context.request_id.encode("latin-1"))
-        header_name, extra, names = self._header, self._extra, self._names
+        builder = self  # three cells per request; the rest is read when the response starts
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 # Recorded before sending: if the send fails, the start may be half on the wire.
                 context.status = message["status"]
                 headers = message.get("headers", ())
+                header = (builder._header_out, context.request_id.encode("latin-1"))
+                names = builder._names
                 # ASGI response header names are lower-case, so a plain comparison suffices.
                 for key, _ in headers:
                     if key in names:  # the app set one of ours: add only the others
                         present = {key for key, _ in headers}
-                        added = [] if header_name in present else [header]
-                        added += [item for item in extra if item[0] not in present]
+                        added = [] if builder._header in present else [header]
+                        added += [item for item in builder._extra if item[0] not in present]
                         message["headers"] = [*headers, *added]
                         break
                 else:
                     # Headers may be a tuple or a list owned by the framework; never mutate it.
-                    message["headers"] = [*headers, header, *extra]
+                    message["headers"] = [*headers, header, *builder._extra]
             else:
                 context.response_bytes += len(message.get("body", b""))
             await send(message)

@@ -610,17 +610,6 @@ class LogSink:
             self._wake.set()
         return True
 
-    def _put_access(self, entry: _AccessEntry) -> None:
-        # put() for AccessLog's fast path, minus the return value and the type union.
-        items = self._items
-        queued = len(items)
-        if queued >= self._capacity:
-            self._dropped += 1
-            return
-        items.append(entry)
-        if queued == self._wake_at:
-            self._wake.set()
-
     def flush(self, timeout_s: float = 5.0) -> bool:
         """Wait until every line queued so far is written and the stream flushed.
 
@@ -953,7 +942,15 @@ class AccessLog:
         )
         sink = self._sink
         if sink is not None:
-            sink._put_access(entry)
+            # LogSink.put() inlined: this runs once per request.
+            items = sink._items
+            queued = len(items)
+            if queued >= sink._capacity:
+                sink._dropped += 1
+            else:
+                items.append(entry)
+                if queued == sink._wake_at:
+                    sink._wake.set()
             return
         fields = _access_fields(entry)
         message = fields.pop("message")

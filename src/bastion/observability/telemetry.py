@@ -15,7 +15,7 @@ names: ``http_server_request_duration_seconds`` (with OpenTelemetry's advised bu
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from bastion._clock import SYSTEM_CLOCK, Clock
@@ -117,6 +117,11 @@ class HttpMetrics:
         """A request entered the app."""
         self._values.view[self._active_slot] += 1.0
 
+    def request_started(self, context: RequestContext, scope: Scope) -> None:
+        """``started()`` with the ``RequestObserver`` signature: ``Telemetry`` without tracing
+        hands this method to the pipeline, which saves a call per request."""
+        self._values.view[self._active_slot] += 1.0
+
     def finished(self, context: RequestContext, scope: Scope, duration_s: float) -> None:
         """A request's response is complete."""
         view = self._values.view
@@ -136,9 +141,12 @@ class HttpMetrics:
         size_bounds = self._size_bounds
         view[response + bisect_left(size_bounds, sent)] += 1.0
         view[response_sum] += sent
-        received = 0 if method in _BODILESS else _content_length(scope)
-        view[request + bisect_left(size_bounds, received)] += 1.0
-        view[request_sum] += received
+        if method in _BODILESS:  # no body: the first bucket, and nothing to add to the sum
+            view[request] += 1.0
+        else:
+            received = _content_length(scope)
+            view[request + bisect_left(size_bounds, received)] += 1.0
+            view[request_sum] += received
 
     def _new_series(self, key: tuple[str, str | None, int | None]) -> tuple[int, ...]:
         method, route, status = key
@@ -176,7 +184,7 @@ class Telemetry:
         clock: measures durations; the same clock as the request context's ``started``.
     """
 
-    __slots__ = ("access_log", "clock", "metrics", "tracing")
+    __slots__ = ("_tracing", "access_log", "clock", "metrics", "request_started")
 
     def __init__(
         self,
@@ -188,15 +196,35 @@ class Telemetry:
     ) -> None:
         self.metrics = metrics
         self.access_log = access_log
-        self.tracing = tracing
         self.clock = clock
+        self.request_started: Callable[[RequestContext, Scope], Any]
+        self.tracing = tracing  # binds request_started
 
-    def request_started(self, context: RequestContext, scope: Scope) -> Any:
-        """Count the request in flight and open its span."""
+    @property
+    def tracing(self) -> _Tracer | None:
+        """The span recorder, or ``None``; set at startup, when the exporter is known."""
+        return self._tracing
+
+    @tracing.setter
+    def tracing(self, tracing: _Tracer | None) -> None:
+        self._tracing = tracing
+        # Without tracing, starting a request is at most the in-flight gauge: the pipeline then
+        # calls the metrics directly rather than through a second frame.
+        metrics = self.metrics
+        self.request_started = (
+            self._request_started
+            if tracing is not None
+            else metrics.request_started
+            if metrics is not None
+            else _nothing_started
+        )
+
+    def _request_started(self, context: RequestContext, scope: Scope) -> Any:
+        """Count the request in flight and open its span (``request_started`` with tracing)."""
         if self.metrics is not None:
             self.metrics.started()
-        if self.tracing is not None:
-            return self.tracing.request_started(context, scope)
+        if self._tracing is not None:
+            return self._tracing.request_started(context, scope)
         return None
 
     def request_finished(
@@ -204,12 +232,17 @@ class Telemetry:
     ) -> None:
         """Close the span, record the metrics, write the access line."""
         duration = self.clock.monotonic() - context.started
-        if self.tracing is not None:
-            self.tracing.request_finished(context, scope, state, error)
+        tracing = self._tracing
+        if tracing is not None:
+            tracing.request_finished(context, scope, state, error)
         if self.metrics is not None:
             self.metrics.finished(context, scope, duration)
         if self.access_log is not None:
             self.access_log.record(context, scope, duration)
+
+
+def _nothing_started(context: RequestContext, scope: Scope) -> None:
+    return None
 
 
 def event_metrics(hooks: Hooks, registry: MetricsRegistry) -> None:
