@@ -460,6 +460,25 @@ def fastapi_bastion_ratelimit() -> ASGIApp:
 
 
 @register(
+    "ratelimit-middleware",
+    title="FastAPI + RateLimitMiddleware (memory)",
+    groups=("ratelimit",),
+)
+def fastapi_ratelimit_middleware() -> ASGIApp:
+    """Bare FastAPI plus bastion's `RateLimitMiddleware` alone, as DESIGN §2 says each
+    capability can be used: ``app.add_middleware(RateLimitMiddleware, rate="1000000/minute")``,
+    nothing else of bastion. Its default limiter is the in-process memory backend; with no request
+    context, the middleware finds the route template itself (from the app's routes, memoized) and
+    keys by the socket peer. Every request pays for a full admitted decision (`sliding_window`) and
+    the ``RateLimit-Policy``/``RateLimit`` headers; the quota is never reached."""
+    from bastion.ratelimit import RateLimitMiddleware
+
+    app = _fastapi()
+    app.add_middleware(RateLimitMiddleware, rate="1000000/minute")
+    return app
+
+
+@register(
     "bastion",
     title="FastAPI + Bastion (observability stack, log to a file)",
     groups=("foundation", "breakdown", "observability", "observability-breakdown"),

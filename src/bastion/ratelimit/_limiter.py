@@ -32,7 +32,7 @@ __all__ = [
     "RateLimiter",
     "key_base",
     "key_tail",
-    "state_value",
+    "state_field",
 ]
 
 logger = logging.getLogger("bastion.ratelimit")
@@ -191,12 +191,12 @@ class Decision:
             if len(_POLICY_BYTES) >= _POLICY_CACHE_SIZE:
                 _POLICY_BYTES.clear()  # only dynamic limits made per request can fill it
             policy = _POLICY_BYTES[key] = self.policy_header.encode("latin-1")
-        return policy, self.state_header.encode("latin-1")
+        return policy, state_field(self._quotas, self._values)
 
     @property
     def state_header(self) -> str:
         """The ``RateLimit`` value: each quota's remaining units and seconds to grow."""
-        return state_value(self._quotas, self._values)
+        return state_field(self._quotas, self._values).decode("latin-1")
 
     def __repr__(self) -> str:
         return f"Decision(allowed={self.allowed}, degraded={self.degraded}, quotas={self.quotas!r})"
@@ -255,8 +255,9 @@ class RateLimiter:
         "_in_outage",
         "_max_keys",
         "_scaled",
-        "_sync_decide",
         "backend",
+        "decide_now",
+        "decide_one_now",
         "on_store_error",
         "store",
     )
@@ -301,7 +302,17 @@ class RateLimiter:
             self.backend = MemoryBackend(clock=self._clock, max_keys=memory_max_keys)
         # Memory decides without awaiting anything; calling it directly saves a coroutine.
         backend = self.backend
-        self._sync_decide = backend.decide_now if isinstance(backend, MemoryBackend) else None
+        self.decide_now: (
+            Callable[[Sequence[str], Sequence[CompiledQuota], Sequence[int]], list[float]] | None
+        ) = None
+        """The memory backend's synchronous decision, or ``None`` for a store that needs I/O.
+        With it the middleware decides without creating a coroutine; pass its result to
+        ``settle``."""
+        self.decide_one_now: Callable[[str, CompiledQuota, int], list[float]] | None = None
+        """``decide_now`` for one key and quota, the common case, or ``None``."""
+        if isinstance(backend, MemoryBackend):
+            self.decide_now = backend.decide_now
+            self.decide_one_now = backend.decide_one
 
     @property
     def hooks(self) -> Hooks | None:
@@ -367,7 +378,7 @@ class RateLimiter:
             if not quotas:
                 return Decision(True)
         partition = checks[0].partition
-        sync_decide = self._sync_decide
+        sync_decide = self.decide_now
         if sync_decide is not None:
             values = sync_decide(keys, quotas, costs)
             return self.settle(values, quotas, costs, partition, method, route, principal)
@@ -394,17 +405,6 @@ class RateLimiter:
                 "rate limiting: the %s store answers again; limits apply", self.backend.name
             )
         return self.settle(values, quotas, costs, partition, method, route, principal)
-
-    @property
-    def decide_now(
-        self,
-    ) -> Callable[[Sequence[str], Sequence[CompiledQuota], Sequence[int]], list[float]] | None:
-        """The memory backend's synchronous decision, or ``None`` for a store that needs I/O.
-
-        With it the middleware decides without creating a coroutine; pass its result to
-        ``settle``.
-        """
-        return self._sync_decide
 
     def settle(
         self,
@@ -491,21 +491,26 @@ class RateLimiter:
         return f"RateLimiter(backend={self.backend.name!r}, on_store_error={self.on_store_error!r})"
 
 
-def state_value(quotas: Sequence[CompiledQuota], values: Sequence[float]) -> str:
+def state_field(quotas: Sequence[CompiledQuota], values: Sequence[float]) -> bytes:
     """The ``RateLimit`` field value for a backend's answer: ``"name";r=R;t=T`` per quota.
 
-    ``t`` is rounded up: the quota grows no earlier than announced. Loops, not comprehensions:
-    this runs on every response, and on Python 3.11 a comprehension costs a frame of its own.
+    ``t`` is rounded up: the quota grows no earlier than announced. Bytes formatted with ``%``,
+    not an f-string encoded afterwards, and loops, not comprehensions (a frame of their own on
+    Python 3.11): this runs on every response.
     """
     if len(quotas) == 1:
-        return f"{quotas[0].quoted};r={int(values[1])};t={-(-int(values[2]) // 1_000_000)}"
+        return b"%s;r=%d;t=%d" % (
+            quotas[0].quoted_bytes,
+            values[1],
+            -(-int(values[2]) // 1_000_000),
+        )
     items = []
     index = 1
     for quota in quotas:
-        remaining, reset = int(values[index]), int(values[index + 1])
-        items.append(f"{quota.quoted};r={remaining};t={-(-reset // 1_000_000)}")
+        reset = int(values[index + 1])
+        items.append(b"%s;r=%d;t=%d" % (quota.quoted_bytes, values[index], -(-reset // 1_000_000)))
         index += 3
-    return ", ".join(items)
+    return b", ".join(items)
 
 
 def key_base(partition: str, limit: Limit, scope: str) -> str:

@@ -63,9 +63,9 @@ class MemoryBackend:
 
         ``t`` and ``retry`` are in microseconds.
         """
-        now = int(self._clock.monotonic() * 1_000_000)
         if len(keys) == 1:
-            return self._one(keys[0], quotas[0], costs[0], now)
+            return self.decide_one(keys[0], quotas[0], costs[0])
+        now = int(self._clock.monotonic() * 1_000_000)
         states = self._states
         allowed = 1
         # Per quota: (window, window_end, elapsed, previous, interval, before, after, retry).
@@ -173,12 +173,13 @@ class MemoryBackend:
                     states.move_to_end(key)
         return result
 
-    def _one(self, key: str, quota: CompiledQuota, cost: int, now: int) -> list[float]:
+    def decide_one(self, key: str, quota: CompiledQuota, cost: int) -> list[float]:
         """``decide_now`` for a single quota, the common case, in one pass.
 
         The same arithmetic as the general path (and the Lua script), without its bookkeeping:
         with one quota, its own verdict is the decision, so it can write as it decides.
         """
+        now = int(self._clock.monotonic() * 1_000_000)
         states = self._states
         state = states.get(key)
         limit = quota.limit

@@ -29,7 +29,7 @@ from bastion.ratelimit._http import (
     decision_headers,
     send_refusal,
 )
-from bastion.ratelimit._limiter import Decision, RateLimiter, key_tail, state_value
+from bastion.ratelimit._limiter import Decision, RateLimiter, key_tail, state_field
 from bastion.ratelimit._rates import ALGORITHMS, Algorithm, CompiledQuota, Limit
 from bastion.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -304,7 +304,10 @@ class RateLimitMiddleware:
         else:
             method, principal = scope["method"], None
             route = self._routes.resolve(scope, method)
-        plan = self._plan(method, route, scope)
+        target = route if route is not None else scope["path"]
+        plan = self._memo.get((method, target))
+        if plan is None:
+            plan = self._plan(method, target, route)
         own: list[tuple[bytes, bytes]] = []
         exclude = self._exclude
         if plan.limits and (exclude is None or not exclude(scope)):
@@ -312,17 +315,26 @@ class RateLimitMiddleware:
             if partition is not None:
                 head = "{" + partition
                 tails = plan.tails
-                keys = [head + tails[0]] if len(tails) == 1 else [head + tail for tail in tails]
                 limiter = self.limiter
                 quotas = plan.quotas
-                decide_now = limiter.decide_now
-                if decide_now is not None and (values := decide_now(keys, quotas, plan.costs))[0]:
+                values: list[float] | None = None
+                if len(tails) == 1:
+                    keys = [head + tails[0]]
+                    decide_one = limiter.decide_one_now
+                    if decide_one is not None:
+                        values = decide_one(keys[0], quotas[0], plan.costs[0])
+                else:
+                    keys = [head + tail for tail in tails]
+                    decide_now = limiter.decide_now
+                    if decide_now is not None:
+                        values = decide_now(keys, quotas, plan.costs)
+                if values is not None and values[0]:
                     # Memory admitted: no coroutine, no await, and no Decision object either.
                     if decisions is not None:
-                        state = state_value(quotas, values).encode("latin-1")
+                        state = state_field(quotas, values)
                         own = [(b"ratelimit-policy", plan.policy), (b"ratelimit", state)]
                 else:
-                    if decide_now is not None:
+                    if values is not None:
                         decision = limiter.settle(
                             values, quotas, plan.costs, partition, method, route, principal
                         )
@@ -355,15 +367,10 @@ class RateLimitMiddleware:
 
         await self.app(scope, receive, send_with_headers)
 
-    def _plan(self, method: str, route: str | None, scope: Scope) -> _Plan:
-        target = route if route is not None else scope["path"]
-        memo_key = (method, target)
-        try:
-            return self._memo[memo_key]
-        except KeyError:
-            pass
+    def _plan(self, method: str, target: str, route: str | None) -> _Plan:
+        """Choose and memoize the plan of a (method, route or path) not seen yet."""
         plan = self._choose(method, target, route)
-        memoize_route(self._memo, memo_key, plan, template=route is not None)
+        memoize_route(self._memo, (method, target), plan, template=route is not None)
         return plan
 
     def _choose(self, method: str, target: str, route: str | None) -> _Plan:

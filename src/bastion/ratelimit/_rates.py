@@ -158,6 +158,7 @@ class CompiledQuota:
         "policy_item",
         "quota",
         "quoted",
+        "quoted_bytes",
         "spec",
         "suffix",
     )
@@ -172,6 +173,7 @@ class CompiledQuota:
         self.period_us = quota.period_s * 1_000_000
         self.policy = policy
         self.quoted = sf_string(policy)
+        self.quoted_bytes = self.quoted.encode("latin-1")
         self.policy_item = f"{self.quoted};q={quota.limit};w={quota.period_s}"
         # The algorithm is part of the key: state written by one algorithm is never read by another.
         self.suffix = f"{self.code}:{quota.period_s}"
