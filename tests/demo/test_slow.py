@@ -12,7 +12,7 @@ from bastion.demo.factory import DEMO_SHEDDING, create_app
 from bastion.demo.routers.slow import SLOW_TIMEOUT_S
 from bastion.settings import Settings
 from tests.asgi import client_for
-from tests.protection.test_shedding import wait_until
+from tests.waiting import wait_until
 
 if TYPE_CHECKING:
     from fastapi import FastAPI

@@ -16,6 +16,7 @@ from bastion.protection import Bans
 from bastion.stores.redis import RedisStore
 from tests.conftest import RedisServer
 from tests.protection.conftest import CLIENT, client_for, guarded_app, recorder, statuses
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 
@@ -24,12 +25,10 @@ LEARN_TIMEOUT_S = 5.0
 
 async def eventually(condition: Callable[[], object]) -> bool:
     """Whether ``condition()`` turns true within a few seconds (it waits on Redis, not time)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + LEARN_TIMEOUT_S
-    while not condition():
-        if loop.time() > deadline:
-            return False
-        await asyncio.sleep(0.01)
+    try:
+        await wait_until(condition, LEARN_TIMEOUT_S, interval_s=0.01)
+    except TimeoutError:
+        return False
     return True
 
 

@@ -15,15 +15,9 @@ from bastion.exceptions import ConfigurationError
 from bastion.protection import ConcurrencyLimiter, SheddingMiddleware
 from bastion.types import ASGIApp, Message, Receive, Scope, Send
 from tests.asgi import RawResponse, http_scope
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
-
-
-async def wait_until(predicate: Callable[[], bool], timeout_s: float = 20.0) -> None:
-    """Yield to the other tasks until ``predicate`` holds (fails after a generous timeout)."""
-    with anyio.fail_after(timeout_s):
-        while not predicate():  # noqa: ASYNC110 - polls state that the code under test changes
-            await anyio.sleep(0.001)
 
 
 E = TypeVar("E", bound=Event)

@@ -15,7 +15,7 @@ from bastion.exceptions import ConfigurationError
 from bastion.protection import AdaptiveLimit, Gradient2
 from bastion.settings import load_settings
 from tests.asgi import client_for
-from tests.protection.test_shedding import wait_until
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
 

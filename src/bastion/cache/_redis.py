@@ -23,7 +23,6 @@ cache lives on one shard; give services different prefixes to spread them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
 from collections.abc import Callable, Sequence
@@ -328,39 +327,40 @@ class RedisCacheBackend:
         # The loop also ends when aclose() forgets this task: a cancellation that lands inside
         # redis-py can be absorbed there, and the loop must not outlive the backend.
         task = asyncio.current_task()
-        delay_s = _RESUBSCRIBE_MIN_S
-        while self._listener is task:
-            pubsub = self._store.client.pubsub()
-            try:
-                await pubsub.subscribe(self._channel)
-                while self._listener is task:
-                    message = await pubsub.get_message(timeout=_LISTEN_TIMEOUT_S)
-                    if message is None:
-                        continue
-                    if message["type"] == "subscribe":
-                        self._subscribed = True
-                        delay_s = _RESUBSCRIBE_MIN_S
-                    elif message["type"] == "message":
-                        invalidation = _parse_message(message["data"], self._origin)
-                        if invalidation is not None:
-                            self._notify(invalidation)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # redis errors, socket errors: resubscribe after a pause
-                if self._subscribed and self._hooks is not None:
-                    self._hooks.publish(
-                        CacheStoreFailure(
-                            backend="redis", operation="subscribe", error=f"{type(exc).__name__}"
-                        )
+
+        def subscribed() -> None:
+            self._subscribed = True
+
+        def message(data: bytes) -> None:
+            invalidation = _parse_message(data, self._origin)
+            if invalidation is not None:
+                self._notify(invalidation)
+
+        def lost(exc: BaseException) -> None:
+            # Messages may have been missed while the link was down: local copies go.
+            self._subscribed = False
+            self._notify(_EVERYTHING)
+            if self._hooks is not None:
+                self._hooks.publish(
+                    CacheStoreFailure(
+                        backend="redis", operation="subscribe", error=f"{type(exc).__name__}"
                     )
-            finally:
-                if self._subscribed:
-                    self._subscribed = False
-                    self._notify(_EVERYTHING)
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
-            await asyncio.sleep(delay_s)
-            delay_s = min(delay_s * 2, _RESUBSCRIBE_MAX_S)
+                )
+
+        try:
+            await self._store.follow(
+                self._channel,
+                message,
+                on_subscribed=subscribed,
+                on_lost=lost,
+                active=lambda: self._listener is task,
+                retry_min_s=_RESUBSCRIBE_MIN_S,
+                retry_max_s=_RESUBSCRIBE_MAX_S,
+            )
+        finally:
+            if self._subscribed:
+                self._subscribed = False
+                self._notify(_EVERYTHING)
 
     async def aclose(self) -> None:
         """Stop the invalidation subscription; the store owns the client and closes it."""

@@ -21,7 +21,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Sequence
 from importlib import resources
-from typing import TYPE_CHECKING, Literal, cast
+from typing import TYPE_CHECKING, Literal
 
 from bastion._clock import SYSTEM_CLOCK, Clock
 from bastion.events import ClientBanned
@@ -47,9 +47,6 @@ banned wrongly), or count in this process until the store answers (``local_fallb
 _POLICIES: tuple[OnBanStoreError, ...] = ("fail_open", "local_fallback")
 _TRIGGERS = ("", "auth_failures", "client_errors", "")
 _AUTH_FAILURES = frozenset((401, 403))
-_RETRY_MIN_S = 0.5
-_RETRY_MAX_S = 30.0
-_POLL_S = 1.0
 
 _SCRIPT = resources.files("bastion.protection").joinpath("lua/guard.lua").read_text("utf-8")
 
@@ -467,40 +464,30 @@ class Bans:
             self._banned.pop(key, None)
 
     async def _listen(self, backend: _RedisBackend) -> None:
-        """Follow the bans channel; after any failure, resubscribe with a growing delay."""
-        delay = _RETRY_MIN_S
-        client = backend.store.client
-        while True:
-            pubsub = client.pubsub(ignore_subscribe_messages=True)
-            try:
-                await pubsub.subscribe(backend.channel)
-                # Subscribed first, then the snapshot: a ban decided in between arrives twice
-                # rather than not at all.
-                for key, left in await backend.active():
-                    if left > 0:
-                        self._learn(key, left)
-                if not self.listening:
-                    logger.debug("abuse guard: following bans on %s", backend.channel)
-                self.listening = True
-                delay = _RETRY_MIN_S
-                while True:
-                    message = await pubsub.get_message(
-                        ignore_subscribe_messages=True, timeout=_POLL_S
-                    )
-                    if message is not None and message.get("type") == "message":
-                        self._on_message(cast("bytes", message["data"]))
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # any failure: Redis down, connection lost, bad reply
-                if self.listening:
-                    logger.warning(
-                        "abuse guard: lost the bans channel (%s); other workers' bans reach "
-                        "this one again once it is back",
-                        exc,
-                    )
-                self.listening = False
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, _RETRY_MAX_S)
-            finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+        """Follow the bans channel (``follow_channel``: resubscribes after failures and
+        notices a link gone silent); each subscription starts from a snapshot of the bans."""
+
+        async def subscribed() -> None:
+            # Confirmed subscription first, then the snapshot: a ban decided in between arrives
+            # twice rather than not at all.
+            for key, left in await backend.active():
+                if left > 0:
+                    self._learn(key, left)
+            if not self.listening:
+                logger.debug("abuse guard: following bans on %s", backend.channel)
+            self.listening = True
+
+        def lost(exc: BaseException) -> None:
+            logger.warning(
+                "abuse guard: lost the bans channel (%s); other workers' bans reach this one "
+                "again once it is back",
+                exc,
+            )
+            self.listening = False
+
+        await backend.store.follow(
+            backend.channel,
+            self._on_message,
+            on_subscribed=subscribed,
+            on_lost=lost,
+        )
