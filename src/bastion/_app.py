@@ -176,6 +176,10 @@ class Bastion:
             )
             self.concurrency_limiter = self._shedding_options["limiter"]
             gauges(self._shedding_options["limiter"])
+            if self.settings.shedding.principal_priorities:
+                # Shedding runs before authentication (a flood is shed before it costs a key
+                # lookup); API keys this worker already verified still get their priority.
+                self._shedding_options["principal_source"] = self.authenticator.known_principal
         self._deadline_options = DeadlineMiddleware.options_from_settings(
             self.settings.deadline, hooks=self.hooks, clock=clock
         )

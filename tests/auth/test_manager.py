@@ -278,3 +278,38 @@ async def test_adding_a_different_key_with_a_taken_id_fails(keys: ApiKeys) -> No
     with pytest.raises(InvalidCredentials):
         await keys.add("not-a-key", name="x")
     assert "original" == (await keys.verify(key)).name
+
+
+# -------------------------------------------------------------- known before authentication
+
+
+async def test_a_key_is_known_without_a_store_call_only_once_verified(
+    keys: ApiKeys, manual_clock: ManualClock
+) -> None:
+    """cached_principal_id answers from the record cache only: nothing before a verification,
+    the principal id after it, nothing again once the cache entry is older than cache_s."""
+    new = await keys.create("partner")
+    before = keys.cached_principal_id(new.key)
+    await keys.verify(new.key)
+    known = keys.cached_principal_id(new.key)
+    manual_clock.advance(1.0)  # the record cache lifetime (cache_s) is 1 s
+    stale = keys.cached_principal_id(new.key)
+    assert (None, f"key:{new.record.id}", None) == (before, known, stale)
+
+
+async def test_a_cached_id_never_vouches_for_a_wrong_secret_an_expired_or_revoked_key(
+    keys: ApiKeys, manual_clock: ManualClock
+) -> None:
+    """The cached record is checked like verify() does: digest, expiry, revocation, format."""
+    expiring = await keys.create("temp", expires_in_s=0.5)
+    revoked = await keys.create("gone")
+    for new in (expiring, revoked):
+        await keys.verify(new.key)
+    prefix, key_id, secret = expiring.key.split("_", 2)
+    forged = f"{prefix}_{key_id}_{'A' * 43 if secret != 'A' * 43 else 'B' * 43}"
+    await keys.revoke(revoked.record.id)
+    answers = [keys.cached_principal_id(key) for key in (forged, revoked.key, "not-a-key")]
+    valid = keys.cached_principal_id(expiring.key)
+    manual_clock.advance(0.6)  # expired, while its cache entry is still fresh
+    answers.append(keys.cached_principal_id(expiring.key))
+    assert (f"key:{expiring.record.id}", [None, None, None, None]) == (valid, answers)

@@ -11,6 +11,7 @@ from fastapi import FastAPI
 
 from bastion import Bastion, Settings
 from bastion._clock import ManualClock
+from bastion.auth import generate_key
 from bastion.exceptions import ConfigurationError
 from bastion.protection import AdaptiveLimit, Gradient2
 from bastion.settings import load_settings
@@ -164,3 +165,52 @@ async def test_time_spent_queueing_counts_against_the_deadline() -> None:
 
     assert {"first": 200, "queued": 504} == statuses
     assert ["first"] == entered
+
+
+async def queue_order(*, key_verified_before: bool) -> list[str]:
+    """Order in which a queued anonymous request and a queued request with a key that has a
+    principal priority are served, behind one request holding the only permit."""
+    key, key_id = generate_key()
+    app, bastion, release = shedding_app(
+        max_concurrent=1,
+        queue_size=10,
+        queue_timeout_s=60,
+        principal_priorities={f"key:{key_id}": 10},
+    )
+    await bastion.api_keys.add(key, name="partner")
+    if key_verified_before:
+        await bastion.api_keys.verify(key)  # what authenticating one of its requests does
+    limiter = bastion.concurrency_limiter
+    assert limiter is not None
+    served: list[str] = []
+
+    async with client_for(app) as client, anyio.create_task_group() as group:
+
+        async def hold(name: str, headers: dict[str, str]) -> None:
+            response = await client.get("/hold", headers=headers)
+            served.append(f"{name} {response.status_code}")
+
+        group.start_soon(hold, "first", {})
+        await wait_until(lambda: limiter.in_flight == 1)
+        group.start_soon(hold, "anonymous", {})
+        await wait_until(lambda: limiter.queued == 1)
+        group.start_soon(hold, "partner", {"x-api-key": key})
+        await wait_until(lambda: limiter.queued == 2)
+        release.set()
+    return served
+
+
+async def test_a_key_this_worker_verified_passes_anonymous_requests_in_the_queue() -> None:
+    """Shedding runs before authentication, yet a key with a principal priority goes first
+    once this worker has verified it: its cached record vouches for it, without a store call."""
+    assert ["first 200", "partner 200", "anonymous 200"] == await queue_order(
+        key_verified_before=True
+    )
+
+
+async def test_a_key_not_yet_verified_here_waits_its_turn() -> None:
+    """Before admission nothing is looked up: a key this worker has not verified lately gets no
+    priority (a forged or unknown key can never jump the queue)."""
+    assert ["first 200", "anonymous 200", "partner 200"] == await queue_order(
+        key_verified_before=False
+    )

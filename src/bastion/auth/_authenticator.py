@@ -165,6 +165,25 @@ class Authenticator:
             found = candidate
         return found
 
+    def known_principal(self, scope: Scope) -> str | None:
+        """The principal id of the request's API key if this worker already knows the key to be
+        valid (``ApiKeys.cached_principal_id``), else ``None``; never waits, never refuses.
+
+        For layers that run before authentication: load shedding orders its queue by it, so a
+        paying key can go first without a store call before admission. JWTs give ``None``:
+        checking a signature costs the CPU that shedding is there to save.
+        """
+        api_keys = self.api_keys
+        if api_keys is None:
+            return None
+        try:
+            credential = self.credential(scope["headers"])
+        except AuthError:
+            return None
+        if credential is None or credential[0] != "api_key":
+            return None
+        return api_keys.cached_principal_id(credential[1])
+
     async def verify(self, credential: Credential) -> Principal:
         """The principal of a credential.
 

@@ -335,12 +335,9 @@ class ApiKeys:
                 self._remember(key_id, record, now)
         if record is None:
             raise InvalidCredentials("unknown_key", _INVALID_DETAIL)
-        # Constant time: how much of the digest matched must not show in the response time.
-        if not hmac.compare_digest(record.digest, digest(key)):
-            raise InvalidCredentials("wrong_secret", _INVALID_DETAIL)
-        status = record.status(clock.time())
-        if status == "revoked" or status == "expired":
-            raise InvalidCredentials(status, _INVALID_DETAIL)
+        refusal = self._refusal(record, key)
+        if refusal is not None:
+            raise InvalidCredentials(refusal, _INVALID_DETAIL)
         await self._touch(key_id, now)
         return Principal(
             id="key:" + key_id,
@@ -349,6 +346,37 @@ class ApiKeys:
             scopes=record.scopes,
             name=record.name,
         )
+
+    def cached_principal_id(self, key: str) -> str | None:
+        """The principal id of ``key`` if this worker already knows it to be valid, else
+        ``None``: no store call, no event, no last-used write.
+
+        For layers that run before authentication and must not wait on the store (load
+        shedding orders its queue with it): a key is answered from the record cache only, with
+        the same digest comparison and status checks as ``verify``. A key not cached, or cached
+        longer ago than the cache lifetime, is not known.
+        """
+        try:
+            key_id = self._parser.key_id(key)
+        except InvalidCredentials:
+            return None
+        cached = self._cache.get(key_id)
+        if cached is None or self._clock.monotonic() - cached.fetched_at >= self._cache_s:
+            return None
+        record = cached.record
+        if record is None or self._refusal(record, key) is not None:
+            return None
+        return "key:" + key_id
+
+    def _refusal(self, record: ApiKeyRecord, key: str) -> str | None:
+        """Why ``key`` is refused given its record (``InvalidCredentials.reason``), or ``None``."""
+        # Constant time: how much of the digest matched must not show in the response time.
+        if not hmac.compare_digest(record.digest, digest(key)):
+            return "wrong_secret"
+        status = record.status(self._clock.time())
+        if status == "revoked" or status == "expired":
+            return status
+        return None
 
     async def _load(self, key_id: str) -> ApiKeyRecord | None:
         """Read a record; concurrent reads of one id share a single store call."""

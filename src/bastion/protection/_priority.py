@@ -123,12 +123,15 @@ class Priorities:
         principals: priority added for a principal (an API key id, a user), when one is known
             before the request is admitted (see docs/shedding.md).
         function: called last with the scope; an ``int`` replaces the priority, ``None`` keeps it.
+        principal_source: finds the principal of a request that no outer layer authenticated
+            (``Bastion`` passes ``Authenticator.known_principal``: API keys this worker already
+            verified); consulted only when ``principals`` is not empty.
 
     Raises:
         ConfigurationError: for an invalid rule or a non-integer principal priority.
     """
 
-    __slots__ = ("_function", "_principals", "_routes")
+    __slots__ = ("_function", "_principal_source", "_principals", "_routes")
 
     def __init__(
         self,
@@ -136,6 +139,7 @@ class Priorities:
         *,
         principals: Mapping[str, int] | None = None,
         function: PriorityFunc | None = None,
+        principal_source: Callable[[Scope], str | None] | None = None,
     ) -> None:
         compiled = [PriorityRule.from_value(rule) for rule in rules]
         self._routes = RouteTable([(rule.path, rule.priority) for rule in compiled], 0)
@@ -147,6 +151,7 @@ class Priorities:
                     f"priority of principal {principal!r} must be an integer, got {priority!r}"
                 )
         self._function = function
+        self._principal_source = principal_source
 
     def __bool__(self) -> bool:
         return bool(self._routes) or bool(self._principals) or self._function is not None
@@ -157,9 +162,13 @@ class Priorities:
         priority = self._routes.lookup(method, route, path)
         if context is not None:
             priority += context.priority
-            principal = context.principal
-            if principal is not None and self._principals:
-                priority += self._principals.get(principal, 0)
+        principals = self._principals
+        if principals:
+            principal = context.principal if context is not None else None
+            if principal is None and self._principal_source is not None:
+                principal = self._principal_source(scope)
+            if principal is not None:
+                priority += principals.get(principal, 0)
         function = self._function
         if function is not None:
             chosen = function(scope)

@@ -319,6 +319,8 @@ class SheddingMiddleware:
         queue_order: ``fifo`` or ``lifo`` among equal priorities.
         priorities: route rules: ``PriorityRule``, ``"PATTERN=PRIORITY"`` or mappings.
         principal_priorities: priority added per principal known before admission.
+        principal_source: finds the principal when no outer layer set one (see
+            ``Priorities``); ``Bastion`` passes its authenticator's ``known_principal``.
         priority: a function of the scope returning the priority (``None``: keep the rules').
         exclude: requests never limited: ``[METHODS ]PATTERN`` strings, or a predicate.
         retry_after_s: the lower bound of ``Retry-After`` on a shed response, in seconds.
@@ -352,6 +354,7 @@ class SheddingMiddleware:
         queue_order: QueueOrder = "fifo",
         priorities: Iterable[PriorityRule | str | Mapping[str, Any]] = (),
         principal_priorities: Mapping[str, int] | None = None,
+        principal_source: Callable[[Scope], str | None] | None = None,
         priority: PriorityFunc | None = None,
         exclude: Iterable[str] | Callable[[Scope], bool] = (),
         retry_after_s: int = 1,
@@ -370,7 +373,10 @@ class SheddingMiddleware:
             )
         )
         self._priorities = Priorities(
-            priorities, principals=principal_priorities, function=priority
+            priorities,
+            principals=principal_priorities,
+            function=priority,
+            principal_source=principal_source,
         )
         if callable(exclude):
             self._exclude: Callable[[Scope], bool] | None = exclude
