@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -80,6 +81,58 @@ async def test_drain_gives_up_at_its_deadline(caplog: pytest.LogCaptureFixture) 
             assert 1 == await bastion.shutdown_coordinator.drain()
             release.set()
     assert "drain deadline" in caplog.text
+
+
+@pytest.mark.anyio
+async def test_drain_waits_for_background_work_the_requests_started() -> None:
+    """Work started with spawn() is drained like a request, within the same deadline."""
+    coordinator = ShutdownCoordinator(pre_stop_delay_s=0, drain_timeout_s=5)
+    release = anyio.Event()
+    finished: list[str] = []
+
+    async def refresh() -> None:
+        await release.wait()
+        finished.append("refresh")
+
+    async def drain() -> None:
+        left = await coordinator.drain()
+        finished.append(f"drained, {left} left, {coordinator.background} running")
+
+    task = coordinator.spawn(refresh(), name="refresh")
+    async with anyio.create_task_group() as group:
+        group.start_soon(drain)
+        await anyio.wait_all_tasks_blocked()
+        assert ([], 1) == (finished, coordinator.background)
+        release.set()
+    assert task is not None
+    assert ["refresh", "drained, 0 left, 0 running"] == finished
+
+
+@pytest.mark.anyio
+async def test_no_background_work_starts_once_requests_are_refused(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """During shutdown spawn() declines, and closes the coroutine (no 'never awaited' warning);
+    work that outlives the deadline is reported, and the drain goes on."""
+    coordinator = ShutdownCoordinator(pre_stop_delay_s=0, drain_timeout_s=0.05)
+    hang = anyio.Event()
+
+    async def hangs() -> None:
+        await hang.wait()
+
+    running = coordinator.spawn(hangs(), name="hangs")
+    left = await coordinator.drain()
+
+    async def late() -> None:
+        raise AssertionError("never started")
+
+    work = late()
+    declined = coordinator.spawn(work, name="late")
+    closed = inspect.getcoroutinestate(work) == inspect.CORO_CLOSED
+    assert (0, None, True) == (left, declined, closed)
+    assert "1 background tasks running" in caplog.text
+    assert running is not None
+    running.cancel()
 
 
 @pytest.mark.anyio

@@ -461,13 +461,16 @@ class Bastion:
             def negotiator(accept_encoding: bytes | None) -> str | None:
                 return negotiate(accept_encoding, encodings)
 
-        return cache_options(
+        options = cache_options(
             settings.cache,
             backend=self.cache_backend,
             negotiate_encoding=negotiator,
             hooks=self.hooks,
             clock=self.clock,
         )
+        # Refreshes of stale entries are part of what a graceful shutdown drains.
+        options["spawn"] = self.shutdown_coordinator.spawn
+        return options
 
     def _inner_layers(self) -> list[tuple[Callable[..., Any], dict[str, Any]]]:
         """The capability layers below the pipeline, innermost first (DESIGN §4, read upward)."""

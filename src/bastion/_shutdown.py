@@ -22,7 +22,7 @@ import asyncio
 import logging
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from types import FrameType
 from typing import Any
 
@@ -46,6 +46,7 @@ class ShutdownCoordinator:
     """
 
     __slots__ = (
+        "_background",
         "_drain_callbacks",
         "_previous",
         "_tasks",
@@ -74,6 +75,27 @@ class ShutdownCoordinator:
         self._drain_callbacks: list[Callable[[], None]] = []
         self._previous: Any = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Task[None]] = set()
+
+    @property
+    def background(self) -> int:
+        """Background tasks started with ``spawn`` and not finished yet."""
+        return len(self._background)
+
+    def spawn(self, work: Coroutine[Any, Any, None], *, name: str) -> asyncio.Task[None] | None:
+        """Run ``work`` in the background on the running loop, as part of what ``drain`` waits
+        for (a response cache refreshing an entry after serving it stale, say).
+
+        Returns the task, or ``None`` without starting it once new requests are refused: work
+        that a request would have caused is not started during a shutdown.
+        """
+        if self.refusing:
+            work.close()  # never awaited: close it so Python does not warn
+            return None
+        task = asyncio.get_running_loop().create_task(work, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
 
     def on_drain(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` (synchronously) the moment draining begins, e.g. to fail readiness."""
@@ -142,14 +164,19 @@ class ShutdownCoordinator:
         """
         self.begin_draining()
         self.refusing = True
-        if self.in_flight:
-            self.idle = anyio.Event()
-            with anyio.move_on_after(self.drain_timeout_s):
+        with anyio.move_on_after(self.drain_timeout_s):
+            if self.in_flight:
+                self.idle = anyio.Event()
                 await self.idle.wait()
-        if self.in_flight:
+            # Then the background work those requests started, within the same deadline.
+            while self._background:
+                await asyncio.wait(set(self._background))
+        if self.in_flight or self._background:
             logger.warning(
-                "drain deadline of %.1fs passed with %d requests in flight",
+                "drain deadline of %.1fs passed with %d requests in flight and %d background "
+                "tasks running",
                 self.drain_timeout_s,
                 self.in_flight,
+                len(self._background),
             )
         return self.in_flight

@@ -6,12 +6,15 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+import anyio
 import pytest
 from fastapi import FastAPI
 
 from bastion import Bastion, Settings
+from bastion._clock import ManualClock
 from bastion.exceptions import ConfigurationError
 from tests.asgi import client_for
+from tests.waiting import wait_until
 
 ALBUMS = [{"id": i, "title": f"album {i}", "artist": "someone"} for i in range(60)]
 
@@ -134,3 +137,44 @@ def test_an_invalid_rule_fails_at_startup_naming_the_variable() -> None:
     """The error names ``BASTION_CACHE__RULES[1]``."""
     with pytest.raises(ConfigurationError, match=r"BASTION_CACHE__RULES\[1\]"):
         make_app(cache={"rules": ["/a=1", "/b=soon"]})
+
+
+async def test_a_refresh_started_by_a_stale_hit_is_drained_at_shutdown() -> None:
+    """stale-while-revalidate answers at once and refreshes in the background; the lifespan
+    shutdown waits for that refresh (it is the shutdown coordinator's background work) instead
+    of closing resources under it."""
+    clock = ManualClock()
+    app = FastAPI()
+    bastion = Bastion(app, Settings(_env_file=None, logging={"configure": False}), clock=clock)
+    gate = anyio.Event()
+    runs: list[int] = []
+    order: list[str] = []
+
+    @app.get("/albums")
+    @bastion.cache(ttl=10, stale_while_revalidate=60)
+    async def albums() -> dict[str, int]:
+        runs.append(len(runs) + 1)
+        if len(runs) > 1:
+            await gate.wait()  # the refresh is still running when shutdown begins
+            order.append("refresh done")
+        return {"version": len(runs)}
+
+    coordinator = bastion.shutdown_coordinator
+
+    async def release_once_shutdown_waits() -> None:
+        await wait_until(lambda: coordinator.draining)
+        await anyio.wait_all_tasks_blocked()  # the shutdown is blocked on something, or over
+        gate.set()
+
+    async with anyio.create_task_group() as group:
+        async with client_for(app) as client:
+            await client.get("/albums")
+            clock.advance(20)
+            stale = await client.get("/albums")
+            await wait_until(lambda: coordinator.background == 1)
+            group.start_soon(release_once_shutdown_waits)
+        order.append("shutdown done")
+
+    assert {"version": 1} == stale.json()
+    assert ["refresh done", "shutdown done"] == order
+    assert 0 == coordinator.background

@@ -29,9 +29,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from hashlib import blake2b
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from bastion._clock import SYSTEM_CLOCK, Clock
 from bastion._routes import RouteResolver, ScopeRoutes
@@ -91,6 +91,15 @@ EncodingNegotiator = Callable[[bytes | None], str | None]
 identity). ``Bastion`` passes the compression layer's own negotiation, so responses that vary on
 ``Accept-Encoding`` are keyed by the coding chosen, not by the raw header: ``gzip, br`` and
 ``br, gzip`` share the ``br`` entry."""
+
+
+class Spawn(Protocol):
+    """Starts background work: the task, or ``None`` when it declined (and closed ``work``)."""
+
+    def __call__(
+        self, work: Coroutine[Any, Any, None], *, name: str
+    ) -> asyncio.Task[None] | None: ...
+
 
 _MEMO_LIMIT = 4096
 _DECODED_LIMIT = 1024
@@ -377,6 +386,9 @@ class CacheMiddleware:
             ``RequestCoalesced`` and ``CacheStoreFailure`` are published.
         clock: time source (wall time for ``Age``).
         route_resolver: finds route templates when no ``RequestContext`` is present.
+        spawn: starts the background refresh of a stale-while-revalidate hit; it may return
+            ``None`` to skip it. ``Bastion`` passes its shutdown coordinator's, so that a drain
+            waits for refreshes; by default the middleware keeps its own tasks.
 
     Raises:
         ConfigurationError: an option or rule is invalid.
@@ -401,6 +413,7 @@ class CacheMiddleware:
         "_refreshing",
         "_routes",
         "_rules",
+        "_spawn",
         "_tasks",
         "app",
         "backend",
@@ -426,6 +439,7 @@ class CacheMiddleware:
         hooks: Hooks | None = None,
         clock: Clock = SYSTEM_CLOCK,
         route_resolver: RouteResolver | None = None,
+        spawn: Spawn | None = None,
     ) -> None:
         if not 0 < default_ttl_s < float("inf"):
             raise ConfigurationError(f"default_ttl_s must be positive, not {default_ttl_s!r}")
@@ -464,6 +478,7 @@ class CacheMiddleware:
         self._decoded_bytes = 0
         self._refreshing: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._spawn = spawn if spawn is not None else self._spawn_here
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -777,10 +792,18 @@ class CacheMiddleware:
         key = call.key
         if key in self._refreshing or call.method == "HEAD":
             return
-        self._refreshing.add(key)
-        task = asyncio.get_running_loop().create_task(self._refresh(call, entry))
+        if self._spawn(self._refresh(call, entry), name="bastion-cache-refresh") is not None:
+            self._refreshing.add(key)
+
+    def _spawn_here(
+        self, work: Coroutine[Any, Any, None], *, name: str
+    ) -> asyncio.Task[None] | None:
+        """Background work of a middleware used alone (``Bastion`` passes its shutdown
+        coordinator's ``spawn``, so that a drain waits for refreshes)."""
+        task = asyncio.get_running_loop().create_task(work, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def _refresh(self, call: _Call, stale: Entry) -> None:
         """Run the handler behind a stale response and store the result (one per key)."""
