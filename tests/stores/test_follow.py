@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import pytest
 from redis.asyncio import Redis
 
-from bastion.stores._follow import SilentLinkError
+from bastion.stores import SilentLinkError, follow_channel
 from bastion.stores.redis import RedisStore
 from tests.waiting import wait_until
 
@@ -113,7 +113,8 @@ async def following(
     store: RedisStore, channel: str, recorder: Recorder, **options: float
 ) -> AsyncIterator[asyncio.Task[None]]:
     task = asyncio.create_task(
-        store.follow(
+        follow_channel(
+            store.client,
             channel,
             recorder.on_message,
             on_subscribed=recorder.on_subscribed,
@@ -224,7 +225,8 @@ async def test_the_follower_returns_once_it_is_no_longer_active(redis_url: str) 
     running = True
     async with RedisStore.from_url(redis_url) as store:
         task: Awaitable[None] = asyncio.create_task(
-            store.follow(
+            follow_channel(
+                store.client,
                 channel,
                 recorder.on_message,
                 on_subscribed=recorder.on_subscribed,

@@ -44,6 +44,7 @@ from bastion.cache._backend import (
     encode_value,
 )
 from bastion.events import CachePurged, CacheStoreFailure
+from bastion.stores import follow_channel
 
 if TYPE_CHECKING:
     from redis.commands.core import AsyncScript
@@ -348,7 +349,8 @@ class RedisCacheBackend:
                 )
 
         try:
-            await self._store.follow(
+            await follow_channel(
+                self._store.client,
                 self._channel,
                 message,
                 on_subscribed=subscribed,

@@ -27,6 +27,7 @@ from bastion._clock import SYSTEM_CLOCK, Clock
 from bastion.events import ClientBanned
 from bastion.exceptions import ConfigurationError, StoreError
 from bastion.protection._networks import ban_key
+from bastion.stores import follow_channel
 
 if TYPE_CHECKING:
     from redis.commands.core import AsyncScript
@@ -485,7 +486,8 @@ class Bans:
             )
             self.listening = False
 
-        await backend.store.follow(
+        await follow_channel(
+            backend.store.client,
             backend.channel,
             self._on_message,
             on_subscribed=subscribed,

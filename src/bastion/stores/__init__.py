@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from bastion.stores._follow import SilentLinkError, follow_channel
 from bastion.stores._url import store_from_url
 from bastion.stores.base import Store
 from bastion.stores.gate import GateGuard, GateState, StoreHealthGate
@@ -25,8 +26,10 @@ __all__ = [
     "MemoryStore",
     "MemoryStoreStats",
     "RedisStore",
+    "SilentLinkError",
     "Store",
     "StoreHealthGate",
+    "follow_channel",
     "store_from_url",
 ]
 

@@ -32,7 +32,6 @@ from bastion.exceptions import (
     StoreUnavailable,
 )
 from bastion.stores._batch import CommandBatcher
-from bastion.stores._follow import DEFAULT_PING_INTERVAL_S, follow_channel
 from bastion.stores.base import ClosingMixin
 from bastion.stores.gate import StoreHealthGate
 
@@ -45,8 +44,6 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     raise MissingDependencyError("redis", "redis") from exc
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
-
     from redis.commands.core import AsyncScript
 
     from bastion.events import Hooks
@@ -414,36 +411,6 @@ class RedisStore(ClosingMixin):
         """Send ``PING``; raise ``StoreUnavailable`` if Redis or its gate refuses."""
         with self._guard:
             await self._client.ping()
-
-    async def follow(
-        self,
-        channel: str,
-        on_message: Callable[[bytes], None],
-        *,
-        on_subscribed: Callable[[], Awaitable[None] | None] | None = None,
-        on_lost: Callable[[BaseException], None] | None = None,
-        active: Callable[[], bool] = lambda: True,
-        ping_interval_s: float = DEFAULT_PING_INTERVAL_S,
-        retry_min_s: float = 0.5,
-        retry_max_s: float = 30.0,
-    ) -> None:
-        """Follow the pub/sub ``channel`` until cancelled: resubscribe after failures, and
-        treat a link that leaves a ``PING`` unanswered as broken (``bastion.stores._follow``).
-
-        The channel name is used as given (not prefixed with the namespace); the connection
-        comes from this store's pool and is held while following.
-        """
-        await follow_channel(
-            self._client,
-            channel,
-            on_message,
-            on_subscribed=on_subscribed,
-            on_lost=on_lost,
-            active=active,
-            ping_interval_s=ping_interval_s,
-            retry_min_s=retry_min_s,
-            retry_max_s=retry_max_s,
-        )
 
     async def aclose(self) -> None:
         """Close the connection pool if this store created it; otherwise do nothing."""
