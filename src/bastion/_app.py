@@ -512,12 +512,18 @@ class Bastion:
             from bastion.integrations.starlette import (
                 app_error_responder,
                 install_problem_handlers,
+                leave_server_spans_to_bastion,
                 replace_server_error_middleware,
             )
             from bastion.ratelimit import RateLimitRefused, rate_limit_problem
 
             install_problem_handlers(app)
             replace_server_error_middleware(app)
+            if self.settings.tracing.enabled and leave_server_spans_to_bastion(app):
+                logger.info(
+                    "tracing: FastAPI's own request spans are off; bastion records the server "
+                    "span of each request"
+                )
             app.add_exception_handler(RateLimitRefused, rate_limit_problem)  # type: ignore[attr-defined]
             from bastion.auth import AuthRefused, auth_problem
 

@@ -52,6 +52,7 @@ __all__ = [
     "StoreDown",
     "StoreUp",
     "UnhandledError",
+    "event_name",
 ]
 
 logger = logging.getLogger("bastion.events")
@@ -413,6 +414,24 @@ class RequestTimedOut(Event):
 
 E = TypeVar("E", bound=Event)
 Hook = Callable[[E], None]
+
+
+def event_name(kind: type[Event]) -> str:
+    """The snake-case name of an event class: ``RateLimited`` -> ``rate_limited``.
+
+    The ``event`` label of ``bastion_events_total``, and the span event's name (prefixed with
+    ``bastion.``) when tracing records decisions. Computed once per class.
+    """
+    name = _names.get(kind)
+    if name is None:
+        name = _names[kind] = "".join(
+            f"_{char.lower()}" if char.isupper() and index else char.lower()
+            for index, char in enumerate(kind.__name__)
+        )
+    return name
+
+
+_names: dict[type[Event], str] = {}
 
 
 class Hooks:

@@ -33,6 +33,7 @@ from bastion._ops import OpsRoutes
 from bastion._pipeline import PipelineMiddleware
 from bastion._routes import AppRouteResolver
 from bastion.context import ContextBuilder, RequestContext, current_context
+from bastion.events import CacheHit, Hooks, RateLimited, StoreDown
 from bastion.exceptions import MissingDependencyError
 from bastion.observability import tracing as tracing_module
 from bastion.observability.tracing import Tracing, build_tracer_provider, parse_tracestate, span
@@ -765,3 +766,109 @@ def test_without_opentelemetry_import_works_and_use_says_which_extra(
         module.Tracing(cast("Any", object()))
     with module.span("cache.lookup") as nothing:
         assert nothing is None
+
+
+# ------------------------------------------------------------------- bastion's decisions
+
+
+def deciding_app(hooks: Hooks) -> FastAPI:
+    """A FastAPI app whose handler publishes two decisions, as bastion's layers do."""
+    app = FastAPI()
+
+    @app.get("/albums/{album_id}")
+    async def album(album_id: int) -> dict[str, int]:
+        hooks.publish(CacheHit(route="/albums/{album_id}", method="GET", age_s=3.5))
+        hooks.publish(
+            RateLimited(
+                policies=("default", "global"),
+                method="GET",
+                route="/albums/{album_id}",
+                principal=None,
+                partition="0123456789abcdef",
+                retry_after_s=2.0,
+                cost=1,
+            )
+        )
+        return {"album_id": album_id}
+
+    return app
+
+
+async def test_decisions_are_events_on_the_request_span(traced: Traced) -> None:
+    """Each event published while a request is traced becomes a span event named
+    bastion.<event>, its fields as bastion.* attributes (None fields left out)."""
+    hooks = Hooks()
+    traced.tracing.follow_events(hooks)
+    async with client_for(deciding_app(hooks), traced.tracing) as client:
+        await client.get("/albums/7")
+
+    events = {event.name: dict(event.attributes or {}) for event in traced.server_span().events}
+    assert {
+        "bastion.cache_hit": {
+            "bastion.route": "/albums/{album_id}",
+            "bastion.method": "GET",
+            "bastion.age_s": 3.5,
+        },
+        "bastion.rate_limited": {
+            "bastion.policies": ("default", "global"),
+            "bastion.method": "GET",
+            "bastion.route": "/albums/{album_id}",
+            "bastion.partition": "0123456789abcdef",
+            "bastion.retry_after_s": 2.0,
+            "bastion.cost": 1,
+        },
+    } == events
+
+
+async def test_decisions_outside_a_request_or_after_close_are_not_recorded(
+    traced: Traced,
+) -> None:
+    """An event with no recording span current (a background probe's) is skipped; once the
+    tracing is closed, it no longer listens at all."""
+    hooks = Hooks()
+    traced.tracing.follow_events(hooks)
+    hooks.publish(StoreDown(store="redis", error="refused", retry_in_s=1.0))  # no span: skipped
+    listening = hooks.wants(StoreDown)
+    await traced.tracing.close()
+    assert (True, False, []) == (listening, hooks.wants(StoreDown), traced.spans())
+
+
+async def test_bastion_records_a_rate_limit_refusal_on_the_request_span(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Under Bastion with tracing on, each request has one SERVER span (FastAPI's native request
+    spans are off) and the 429's carries bastion.rate_limited."""
+    # Bastion installs its provider as the global one: undone after the test.
+    monkeypatch.setattr(trace, "_TRACER_PROVIDER", None)
+    monkeypatch.setattr(trace, "_TRACER_PROVIDER_SET_ONCE", Once())
+    from bastion import Bastion, Settings
+    from tests.asgi import client_for as bastion_client
+
+    app = FastAPI()
+    settings = Settings(
+        _env_file=None,
+        logging={"configure": False},
+        tracing={"enabled": True, "exporter": "none"},
+    )
+    bastion = Bastion(app, settings)
+
+    @app.get("/albums/{album_id}", dependencies=[bastion.limit("1/minute")])
+    async def album(album_id: int) -> dict[str, int]:
+        return {"album_id": album_id}
+
+    exporter = InMemorySpanExporter()
+    async with bastion_client(app) as client:
+        tracing = bastion.observability.tracing
+        assert isinstance(tracing, Tracing)
+        tracing.provider.add_span_processor(SimpleSpanProcessor(exporter))
+        statuses = [(await client.get("/albums/7")).status_code for _ in range(2)]
+
+    # One SERVER span per request: FastAPI's own request spans were switched off.
+    admitted, refused = exporter.get_finished_spans()
+    assert (SpanKind.SERVER, SpanKind.SERVER) == (admitted.kind, refused.kind)
+    assert [200, 429] == statuses
+    assert ([], ["bastion.rate_limited"]) == (
+        [event.name for event in admitted.events],
+        [event.name for event in refused.events],
+    )
+    assert "/albums/{album_id}" == dict(refused.events[0].attributes or {})["bastion.route"]

@@ -117,6 +117,24 @@ def replace_server_error_middleware(app: Any) -> None:
     app.build_middleware_stack = build_without_server_errors
 
 
+def leave_server_spans_to_bastion(app: Any) -> bool:
+    """Turn off FastAPI's own request spans; return whether there were any to turn off.
+
+    Recent FastAPI versions trace every request natively (``FastAPI(telemetry={...})``) as soon
+    as OpenTelemetry has a configured tracer provider, which bastion's tracing installs. Both
+    would then record a SERVER span per request, in two different traces. With bastion's tracing
+    on, its span is the one that shares its ids with the logs, so FastAPI's request spans (and
+    the operation spans that FastAPI ties to them) are switched off, as
+    ``FastAPI(telemetry={"tracing": False})`` would. FastAPI's metrics and logs settings are left
+    as they are.
+    """
+    config = getattr(app, "_telemetry", None)
+    if isinstance(config, dict) and config.get("tracing"):
+        config["tracing"] = False
+        return True
+    return False
+
+
 def app_error_responder(app: Any) -> Any:
     """An ``UnhandledResponder`` that answers with the app's own 500/``Exception`` handler.
 

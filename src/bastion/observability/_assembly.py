@@ -111,13 +111,15 @@ class Observability:
 
     Args:
         settings: bastion's settings (sections ``logging``, ``metrics``, ``stats``, ``tracing``).
-        hooks: the event registry; every event is counted in ``bastion_events_total``.
+        hooks: the event registry; every event is counted in ``bastion_events_total`` and, with
+            tracing on, recorded on the span of the request that published it.
         clock: the clock of the request contexts, for durations and the stats window.
     """
 
     def __init__(self, settings: Settings, *, hooks: Hooks, clock: Clock) -> None:
         self.settings = settings
         self.clock = clock
+        self.hooks = hooks
         metrics = settings.metrics
         self.registry = MetricsRegistry(max_series=metrics.max_series)
         self.http_metrics = (
@@ -218,6 +220,7 @@ class Observability:
 
             provider = build_tracer_provider(settings.tracing, service_name=settings.service_name)
             self.tracing = Tracing(provider, set_global=settings.tracing.global_provider)
+            self.tracing.follow_events(self.hooks)
             self.telemetry.tracing = self.tracing
         if settings.metrics.enabled:
             directory = settings.metrics.directory

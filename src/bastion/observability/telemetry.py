@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from bastion._clock import SYSTEM_CLOCK, Clock
 from bastion.context import RequestContext
-from bastion.events import Event, Hooks
+from bastion.events import Event, Hooks, event_name
 from bastion.observability.metrics import MetricsRegistry
 from bastion.types import Scope
 
@@ -260,11 +260,7 @@ def event_metrics(hooks: Hooks, registry: MetricsRegistry) -> None:
         kind = type(event)
         child = children.get(kind)
         if child is None:
-            child = children[kind] = counter.labels(_snake(kind.__name__))
+            child = children[kind] = counter.labels(event_name(kind))
         child.inc()
 
     hooks.subscribe(Event, count)
-
-
-def _snake(name: str) -> str:
-    return "".join(f"_{c.lower()}" if c.isupper() and i else c.lower() for i, c in enumerate(name))

@@ -27,9 +27,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import re
 import sys
+from collections.abc import Callable
 from contextvars import ContextVar
 from importlib.metadata import version
 from typing import TYPE_CHECKING, Any
@@ -37,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.to_thread
 
+from bastion.events import Event, event_name
 from bastion.exceptions import MissingDependencyError
 
 if TYPE_CHECKING:
@@ -48,6 +51,7 @@ if TYPE_CHECKING:
     from opentelemetry.util.types import AttributeValue
 
     from bastion.context import RequestContext
+    from bastion.events import Hooks
     from bastion.settings import TracingSettings
     from bastion.types import Scope
 
@@ -221,6 +225,7 @@ class Tracing:
         "_span_context",
         "_start_span",
         "_status",
+        "_subscriptions",
         "_trace_flags",
         "_trace_state",
         "provider",
@@ -239,6 +244,7 @@ class Tracing:
         if set_global:
             trace.set_tracer_provider(provider)
         self._closed = False
+        self._subscriptions: list[Callable[[], None]] = []
         self._root = otel_context.Context()
         self._attach = otel_context.attach
         self._detach = otel_context.detach
@@ -253,6 +259,17 @@ class Tracing:
         self._error_code = trace.StatusCode.ERROR
         global _tracer
         _tracer = self.tracer
+
+    def follow_events(self, hooks: Hooks) -> None:
+        """Record every event bastion publishes during a traced request on the current span.
+
+        A decision (a cache hit, a rate-limit refusal, a shed or timed-out request, a failed
+        authentication) becomes an OpenTelemetry span event named ``bastion.<event>``
+        (``bastion.cache_hit``, ``bastion.rate_limited``) whose attributes are the event's fields
+        (``bastion.route``, ``bastion.retry_after_s``). Events outside a recording span (a store
+        going down, seen by a background probe) are not recorded. Stops at ``close()``.
+        """
+        self._subscriptions.append(hooks.subscribe(Event, _record_event))
 
     def request_started(self, context: RequestContext, scope: Scope) -> Any:
         """Start the request's span and make it current; returns what ``request_finished`` needs."""
@@ -373,6 +390,9 @@ class Tracing:
         if self._closed:
             return
         self._closed = True
+        for unsubscribe in self._subscriptions:
+            unsubscribe()
+        self._subscriptions.clear()
         if _tracer is self.tracer:
             _tracer = None
         provider = self.provider
@@ -382,6 +402,23 @@ class Tracing:
             provider.shutdown()
 
         await anyio.to_thread.run_sync(flush_and_shut_down)
+
+
+def _record_event(event: Event) -> None:
+    """Add ``event`` to the current span as a span event, if that span is recording."""
+    from opentelemetry import trace
+
+    current = trace.get_current_span()
+    if not current.is_recording():
+        return
+    attributes: dict[str, AttributeValue] = {}
+    for field in dataclasses.fields(event):
+        value = getattr(event, field.name)
+        if isinstance(value, (str, bool, int, float)):
+            attributes[f"bastion.{field.name}"] = value
+        elif isinstance(value, tuple) and all(isinstance(item, str) for item in value):
+            attributes[f"bastion.{field.name}"] = list(value)
+    current.add_event("bastion." + event_name(type(event)), attributes)
 
 
 def span(name: str, **attributes: AttributeValue) -> AbstractContextManager[Span | None]:
