@@ -79,12 +79,16 @@ class RequestContext:
             read it instead of each wrapping ``send`` to find out (one wrapper per request).
         response_bytes: body bytes sent so far (what went through ``send``, before any
             compression a server might add).
+        decisions: names of the events bastion published while serving the request
+            (``rate_limited``, ``cache_hit``, ``request_shed``), each once, in order; ``None``
+            when there were none. Filled while the access log is on, which writes them.
     """
 
     __slots__ = (
         "_span_id",
         "client",
         "deadline",
+        "decisions",
         "method",
         "parent_span_id",
         "path",
@@ -129,6 +133,7 @@ class RequestContext:
         self.status: int | None = None
         self.response_bytes = 0
         self._span_id: str | None = None
+        self.decisions: list[str] | None = None
 
     @property
     def span_id(self) -> str:

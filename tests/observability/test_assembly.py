@@ -149,6 +149,19 @@ class TestThroughBastion:
             assert secret not in raw
 
     @pytest.mark.anyio
+    async def test_access_lines_say_what_bastion_decided(self, tmp_path: Path) -> None:
+        """A rate-limited request's access line lists rate_limited in decisions; a request
+        nothing was decided for has no decisions field."""
+        app = make_app(tmp_path, ratelimit={"rate": "1/minute"})
+        async with client_for(app) as client:
+            statuses = [(await client.get("/albums/7")).status_code for _ in range(2)]
+
+        access = [line for line in log_lines(tmp_path) if line["logger"] == "bastion.access"]
+        assert [200, 429] == statuses
+        assert [None, ["rate_limited"]] == [line.get("decisions") for line in access]
+        assert "decisions" not in access[0]
+
+    @pytest.mark.anyio
     async def test_a_blocked_event_loop_makes_readiness_degraded(self, tmp_path: Path) -> None:
         """Blocking the loop longer than the limit: readiness warns (200), then recovers."""
         app = make_app(tmp_path, health={"cache_s": 0, "loop_lag_degraded_s": 0.2})

@@ -19,6 +19,7 @@ import pytest
 
 from bastion._clock import ManualClock
 from bastion.context import RequestContext, _current, new_id
+from bastion.events import CacheMiss, RequestTimedOut, StoreDown
 from bastion.exceptions import ConfigurationError
 from bastion.observability.logs import (
     ACCESS_LOGGER,
@@ -31,6 +32,7 @@ from bastion.observability.logs import (
     Redactor,
     SinkHandler,
     configure_logging,
+    note_decision,
 )
 from bastion.settings import LoggingSettings
 from tests.asgi import http_scope
@@ -977,3 +979,23 @@ def test_configure_false_leaves_logging_alone(caplog: pytest.LogCaptureFixture) 
     assert 250.0 == fields["duration_ms"]
     assert f"/albums/7?token={REDACTED}" == fields["path"]
     assert SECRET not in repr(fields)
+
+
+def test_decisions_are_noted_once_each_in_order_and_only_inside_a_request() -> None:
+    """note_decision records event names on the current request's context, deduplicated;
+    with no request being served it does nothing."""
+    context = RequestContext("req-1", "a" * 32, "GET", "/albums/7", "/albums/{album_id}")
+    note_decision(StoreDown(store="redis", error="refused", retry_in_s=1.0))  # outside: ignored
+    token = _current.set(context)
+    try:
+        for event in (
+            CacheMiss(route="/albums/{album_id}", method="GET", reason="miss", stored=True),
+            RequestTimedOut(
+                method="GET", route="/albums/{album_id}", timeout_s=1.0, response_started=False
+            ),
+            CacheMiss(route="/albums/{album_id}", method="GET", reason="stale", stored=False),
+        ):
+            note_decision(event)
+    finally:
+        _current.reset(token)
+    assert ["cache_miss", "request_timed_out"] == context.decisions

@@ -16,7 +16,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +26,8 @@ import orjson
 from bastion._asgi import get_header, send_body
 from bastion._clock import Clock
 from bastion._ops import OpsEndpoint
-from bastion.events import Hooks
-from bastion.observability.logs import LoggingSetup, configure_logging
+from bastion.events import Event, Hooks
+from bastion.observability.logs import LoggingSetup, configure_logging, note_decision
 from bastion.observability.metrics import CONTENT_TYPE, MetricFamily, MetricsRegistry
 from bastion.observability.saturation import LoopLagMonitor, read_process
 from bastion.observability.stats import HistogramSample, RouteStats
@@ -152,6 +152,7 @@ class Observability:
             self.registry.add_collector(_process_families)
         self._exit_stack: contextlib.AsyncExitStack | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._unsubscribe_decisions: Callable[[], None] | None = None
         self._metrics_server: asyncio.Server | None = None
 
     # -- what Bastion wires ---------------------------------------------------------------------
@@ -215,6 +216,9 @@ class Observability:
         settings = self.settings
         self.logging = configure_logging(settings.logging, service_name=settings.service_name)
         self.telemetry.access_log = self.logging.access_log if settings.logging.access_log else None
+        if self.telemetry.access_log is not None:
+            # The access line of each request lists what bastion decided for it.
+            self._unsubscribe_decisions = self.hooks.subscribe(Event, note_decision)
         if settings.tracing.enabled:
             from bastion.observability.tracing import Tracing, build_tracer_provider
 
@@ -260,6 +264,9 @@ class Observability:
             await self.tracing.close()
             self.telemetry.tracing = self.tracing = None
         self.registry.close()
+        if self._unsubscribe_decisions is not None:
+            self._unsubscribe_decisions()
+            self._unsubscribe_decisions = None
         if self.logging is not None:
             self.telemetry.access_log = None
             self.logging.close()

@@ -47,6 +47,7 @@ import orjson
 from bastion._clock import SYSTEM_CLOCK, Clock
 from bastion._urls import redact_url
 from bastion.context import RequestContext, _current
+from bastion.events import Event, event_name
 from bastion.exceptions import ConfigurationError
 from bastion.settings import DEFAULT_REDACTED, LoggingSettings
 from bastion.types import Scope
@@ -394,6 +395,9 @@ class JsonFormatter(StructuredFormatter):
         }
         if not self.service_name:
             del data["service"]
+        decisions = context.decisions
+        if decisions is not None:
+            data["decisions"] = decisions
         try:
             # Every key is a string: no OPT_NON_STR_KEYS, which costs a third of the encoding.
             return orjson.dumps(data).decode()
@@ -837,7 +841,26 @@ def _access_fields(entry: _AccessEntry) -> dict[str, Any]:
         "bytes": context.response_bytes,
         "client": context.client,
         "user_agent": user_agent,
+        **({"decisions": context.decisions} if context.decisions is not None else {}),
     }
+
+
+def note_decision(event: Event) -> None:
+    """Add ``event``'s name to the decisions of the request being served (a ``Hooks`` hook).
+
+    Subscribed to every event while the access log is on, so that the access line of a request
+    says what bastion decided for it (``"decisions": ["rate_limited"]``); events published outside
+    a request are ignored.
+    """
+    context = _current.get()
+    if context is None:
+        return
+    name = event_name(type(event))
+    decisions = context.decisions
+    if decisions is None:
+        context.decisions = [name]
+    elif name not in decisions:
+        decisions.append(name)
 
 
 class AccessLog:
@@ -846,7 +869,9 @@ class AccessLog:
     Fields: ``method``, ``route`` (the template, or ``null``), ``path`` (raw, with the query
     string, secret parameters masked), ``status`` (``null`` if no response was sent),
     ``duration_ms``, ``bytes`` (body bytes sent), ``client``, ``user_agent`` and the request's
-    ``request_id``, ``trace_id``, ``span_id`` and ``principal``. No other header is logged.
+    ``request_id``, ``trace_id``, ``span_id`` and ``principal``; ``decisions`` when bastion
+    decided something for the request (``["rate_limited"]``, ``["cache_hit"]``, see
+    ``note_decision``). No other header is logged.
     The level is ``INFO``, or ``WARNING`` for a 5xx or no response at all (the error itself is
     logged by the error boundary at ``ERROR``; the access line does not page twice).
 
