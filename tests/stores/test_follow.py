@@ -126,7 +126,9 @@ async def following(
         yield task
     finally:
         task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        # Bounded: a follower that ignored its cancellation fails the test instead of hanging.
+        done, _ = await asyncio.wait({task}, timeout=5)
+        assert task in done, "the follower did not stop when cancelled"
 
 
 async def publish_until(

@@ -16,7 +16,6 @@ store.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -48,6 +47,8 @@ banned wrongly), or count in this process until the store answers (``local_fallb
 _POLICIES: tuple[OnBanStoreError, ...] = ("fail_open", "local_fallback")
 _TRIGGERS = ("", "auth_failures", "client_errors", "")
 _AUTH_FAILURES = frozenset((401, 403))
+
+_STOP_TIMEOUT_S = 5.0
 
 _SCRIPT = resources.files("bastion.protection").joinpath("lua/guard.lua").read_text("utf-8")
 
@@ -424,8 +425,9 @@ class Bans:
         listener, self._listener = self._listener, None
         if listener is not None:
             listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await listener
+            # Bounded, like every wait at shutdown: a listener stuck in a dead connection's read
+            # must not hold the server's exit.
+            await asyncio.wait({listener}, timeout=_STOP_TIMEOUT_S)
         self.listening = False
 
     # -- internals ----------------------------------------------------------------------------

@@ -73,6 +73,7 @@ async def follow_channel(
     # Reads wait at most this long, so silence and ``active()`` are checked often enough.
     poll_s = min(1.0, ping_interval_s / 4)
     delay_s = retry_min_s
+    task = asyncio.current_task()
     while active():
         pubsub = client.pubsub()
         subscribed = False
@@ -81,6 +82,7 @@ async def follow_channel(
             heard = clock.monotonic()
             pinged_at: float | None = None
             while active():
+                _raise_if_cancelled(task)
                 message: dict[str, Any] | None = await pubsub.get_message(timeout=poll_s)
                 now = clock.monotonic()
                 if message is not None:
@@ -107,6 +109,7 @@ async def follow_channel(
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # redis and socket errors, a silent link: resubscribe
+            _raise_if_cancelled(task)  # a cancellation redis-py turned into an error
             if subscribed and on_lost is not None:
                 on_lost(exc)
         finally:
@@ -114,5 +117,17 @@ async def follow_channel(
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
         if not active():
             return
+        _raise_if_cancelled(task)
         await asyncio.sleep(delay_s)
         delay_s = min(delay_s * 2, retry_max_s)
+
+
+def _raise_if_cancelled(task: asyncio.Task[Any] | None) -> None:
+    """Raise ``CancelledError`` if ``task`` was asked to stop.
+
+    A cancellation that lands inside a redis-py read can come out as a connection error, or as
+    nothing at all; the request to stop is still counted on the task (``cancelling()``), and
+    this makes the follower honour it instead of resubscribing forever.
+    """
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
