@@ -244,7 +244,7 @@ class CompressionMiddleware:
             await self.app(scope, receive, self._identity(send, restore))
             return
         responder = _Responder(self, self._codings[encoding], send, restore)
-        await self.app(scope, receive, responder)
+        await self.app(scope, receive, responder.send_message)
         if responder.state == _HOLD:  # the app never sent a body: pass on what it did send
             await send(responder.start)
 
@@ -271,16 +271,18 @@ class CompressionMiddleware:
         if status < 200 or status in _UNCOMPRESSED_STATUSES:
             return _SKIP
         length = _UNKNOWN
-        for raw_key, value in message.get("headers", ()):
-            key = raw_key.lower()
-            if key == b"content-type":
-                if self._type_is_excluded(value):
-                    return _SKIP
-            elif key == b"content-length":
+        # ASGI response header names are lower-case (the spec requires it).
+        for key, value in message.get("headers", ()):
+            if key == b"content-length":
                 try:
                     length = int(value)
                 except ValueError:
                     return _SKIP  # not ours to repair
+                if length < self.minimum_size:
+                    return length  # too small to compress: no other header changes that
+            elif key == b"content-type":
+                if self._type_is_excluded(value):
+                    return _SKIP
             elif key in _LEFT_ALONE or (
                 key == b"cache-control" and b"no-transform" in value.lower()
             ):
@@ -336,7 +338,8 @@ class _Responder:
         self.start: Message = {}
         self.stream: StreamCompressor | None = None
 
-    async def __call__(self, message: Message) -> None:
+    async def send_message(self, message: Message) -> None:
+        """The ``send`` the app gets (a bound method: cheaper to call than the instance)."""
         state = self.state
         if state == _PASS:
             await self.send(message)
