@@ -44,7 +44,7 @@ from bastion.protection import (
     deadline_layer,
 )
 from bastion.protection._deadline import DeadlineMiddleware
-from bastion.ratelimit import RateLimitMiddleware
+from bastion.ratelimit import RateLimitMiddleware, ratelimit_layer
 from bastion.settings import Settings, load_settings
 from bastion.stores import Store, store_from_url
 from bastion.types import AnyASGIApp, ASGIApp, Receive, Scope, Send
@@ -55,6 +55,7 @@ logger = logging.getLogger("bastion")
 
 P = ParamSpec("P")
 R = TypeVar("R")
+F = TypeVar("F", bound=Callable[..., object])
 
 _NO_STORE = [(b"cache-control", b"no-store")]
 
@@ -227,6 +228,19 @@ class Bastion:
         from bastion.ratelimit import limit  # loads FastAPI's dependency machinery: only here
 
         return limit(rates, limiter=self.ratelimiter, **options)
+
+    def rate_limit(self, rates: str, /, **options: Any) -> Callable[[F], F]:
+        """Declare a rate limit on an endpoint: ``@bastion.rate_limit("10/second; 300/hour")``.
+
+        The decorator form of ``limit``. The limit is applied by bastion's rate-limit layer
+        before the framework routes the request (in one decision with ``global_rate``), with
+        bastion's limiter; the order with the route decorator does not matter. ``options`` are
+        those of ``bastion.ratelimit.rate_limit`` (``name``, ``cost``, ``algorithm``,
+        ``per_route``).
+        """
+        from bastion.ratelimit import rate_limit
+
+        return rate_limit(rates, **options)
 
     def cache(
         self, ttl: float | timedelta | None = None, **options: Any
@@ -484,11 +498,11 @@ class Bastion:
             # Outside compression, so it stores each compressed variant once and a hit is not
             # compressed again; a factory, so an app that caches nothing pays nothing.
             layers.append((cache_layer, self._cache_options()))
-        limits = settings.ratelimit
-        if limits.enabled and (limits.rate or limits.global_rate or limits.rules):
-            # Only when limits are configured: with none, the layer would cost every request
-            # and decide nothing (route dependencies from ``bastion.limit`` work without it).
-            layers.append((RateLimitMiddleware, self._ratelimit_options))
+        if settings.ratelimit.enabled:
+            # A factory: the layer installs only when limits are configured or an endpoint
+            # declared one with ``@bastion.rate_limit``; with none it would cost every request
+            # and decide nothing (``bastion.limit`` dependencies work without it).
+            layers.append((ratelimit_layer, self._ratelimit_options))
         if settings.auth.enabled:
             # Outside rate limiting, so limits key on the principal it sets.
             options = AuthMiddleware.options_from_settings(

@@ -22,7 +22,7 @@ import re
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 from bastion._asgi import scope_path
 from bastion.exceptions import ConfigurationError
@@ -30,6 +30,7 @@ from bastion.types import Scope
 
 __all__ = [
     "AppRouteResolver",
+    "RouteEndpoint",
     "RoutePattern",
     "RouteResolver",
     "RouteTable",
@@ -38,6 +39,7 @@ __all__ = [
     "compile_glob",
     "compile_patterns",
     "memoize_route",
+    "route_endpoints",
 ]
 
 _NAMED_GROUP = re.compile(r"\(\?P<[^>]+>")
@@ -368,3 +370,42 @@ class RouteTable(Generic[T]):
                 break
         memoize_route(self._memo, key, value, template=route is not None)
         return value
+
+
+class RouteEndpoint(NamedTuple):
+    """One route of an app, with the endpoint behind it: where capabilities find what a route's
+    endpoint declared (``@cache``, ``@bastion.rate_limit``) by the template of a request."""
+
+    template: str
+    """The full template, mount prefixes included: ``/api/albums/{album_id}``."""
+    methods: frozenset[str] | None
+    """The methods it accepts, ``None`` for any."""
+    endpoint: Any
+    """The endpoint function (or ASGI app) the route calls."""
+    dependencies: tuple[str, ...] = ()
+    """The names of the route's FastAPI dependencies (``Depends``, ``dependencies=[...]``)."""
+
+
+def route_endpoints(app: Any, prefix: str = "") -> list[RouteEndpoint]:
+    """Every route of ``app`` (an app or a router: anything with ``routes``), mounts expanded."""
+    found: list[RouteEndpoint] = []
+    for route in _expand(getattr(app, "routes", None) or ()):
+        path = getattr(route, "path", None)
+        if not isinstance(path, str) or not hasattr(route, "path_regex"):
+            continue
+        endpoint = getattr(route, "endpoint", None)
+        if endpoint is None and getattr(route, "routes", None) is not None:
+            found.extend(route_endpoints(route, prefix + path))  # a Mount
+            continue
+        methods = getattr(route, "methods", None)
+        dependant = getattr(route, "dependant", None)  # FastAPI routes only
+        dependencies = tuple(
+            getattr(dependency.call, "__qualname__", repr(dependency.call))
+            for dependency in getattr(dependant, "dependencies", ())
+        )
+        found.append(
+            RouteEndpoint(
+                prefix + path, frozenset(methods) if methods else None, endpoint, dependencies
+            )
+        )
+    return found

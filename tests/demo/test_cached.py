@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import httpx
 import pytest
 
@@ -56,3 +58,17 @@ async def test_stats_of_an_unknown_artist_are_a_404_problem(client: httpx.AsyncC
         response.status_code,
         response.headers["content-type"],
     )
+
+
+async def test_artist_stats_are_rate_limited_by_their_declaration(
+    client: httpx.AsyncClient,
+) -> None:
+    """@rate_limit on the endpoint: bastion's layer limits it per client, named after the route,
+    and counts down."""
+    first = await client.get("/artists/1/stats")
+    second = await client.get("/artists/1/stats")
+    assert first.headers["ratelimit-policy"].startswith(
+        '"GET /artists/{artist_id}/stats";q=60;w=60'
+    )
+    remaining = [re.search(r";r=(\d+);", r.headers["ratelimit"]) for r in (first, second)]
+    assert ["59", "58"] == [found.group(1) for found in remaining if found is not None]

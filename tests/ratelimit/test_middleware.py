@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -29,6 +30,7 @@ from bastion.ratelimit import (
     RateLimiter,
     RateLimitMiddleware,
     Rule,
+    rate_limit,
 )
 from bastion.types import ASGIApp, Receive, Scope, Send
 from tests.asgi import call, http_scope
@@ -442,3 +444,22 @@ def test_the_header_parser_used_here_is_strict() -> None:
         except ValueError:
             rejected.append(bad)
     assert 5 == len(rejected)
+
+
+async def test_the_middleware_alone_applies_limits_its_app_s_endpoints_declared() -> None:
+    """RateLimitMiddleware without any rate of its own finds @rate_limit declarations in the
+    app's route table (a Starlette app here) and applies them by route."""
+
+    @rate_limit("1/minute")
+    async def limited(request: Request) -> Response:
+        return PlainTextResponse("ok")
+
+    app = Starlette(
+        routes=[Route("/items/{item_id}", limited), Route("/free", ok)],
+        middleware=[Middleware(RateLimitMiddleware)],
+    )
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        items = [(await client.get(f"/items/{n}")).status_code for n in (1, 2)]
+        free = [(await client.get("/free")).status_code for _ in range(2)]
+    assert ([200, 429], [200, 200]) == (items, free)

@@ -34,7 +34,7 @@ from hashlib import blake2b
 from typing import TYPE_CHECKING, Any, Protocol
 
 from bastion._clock import SYSTEM_CLOCK, Clock
-from bastion._routes import RouteResolver, ScopeRoutes
+from bastion._routes import RouteResolver, ScopeRoutes, route_endpoints
 from bastion.cache._entry import (
     MARKER_MAGIC,
     Entry,
@@ -64,7 +64,6 @@ from bastion.cache._policy import (
     path_params,
     policy_of,
 )
-from bastion.cache._routes import route_endpoints
 from bastion.context import SCOPE_KEY, RequestContext
 from bastion.events import (
     CacheHit,

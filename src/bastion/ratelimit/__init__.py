@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from bastion.ratelimit._declare import rate_limit
 from bastion.ratelimit._http import (
     DECISIONS_SCOPE_KEY,
     LIMITER_SCOPE_KEY,
@@ -39,7 +40,7 @@ from bastion.ratelimit._limiter import (
     RateLimiter,
 )
 from bastion.ratelimit._memory import MemoryBackend
-from bastion.ratelimit._middleware import RateLimitMiddleware, Rule
+from bastion.ratelimit._middleware import RateLimitMiddleware, Rule, ratelimit_layer
 from bastion.ratelimit._rates import Algorithm, Limit, Quota, parse_rates
 
 if TYPE_CHECKING:
@@ -75,7 +76,9 @@ __all__ = [
     "client_key",
     "limit",
     "parse_rates",
+    "rate_limit",
     "rate_limit_problem",
+    "ratelimit_layer",
 ]
 
 _FASTAPI_NAMES = frozenset(

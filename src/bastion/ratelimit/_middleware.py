@@ -18,9 +18,11 @@ from bastion._routes import (
     ScopeRoutes,
     compile_patterns,
     memoize_route,
+    route_endpoints,
 )
 from bastion.context import SCOPE_KEY, RequestContext
 from bastion.exceptions import ConfigurationError
+from bastion.ratelimit._declare import DeclaredLimit, declarations, declared_limits
 from bastion.ratelimit._http import (
     DECISIONS_SCOPE_KEY,
     LIMITER_SCOPE_KEY,
@@ -39,7 +41,7 @@ if TYPE_CHECKING:
     from bastion.settings import RateLimitSettings
     from bastion.stores import Store
 
-__all__ = ["RateLimitMiddleware", "Rule"]
+__all__ = ["RateLimitMiddleware", "Rule", "ratelimit_layer"]
 
 _UNMATCHED = "*"
 
@@ -189,6 +191,8 @@ class RateLimitMiddleware:
     """
 
     __slots__ = (
+        "_declared",
+        "_declared_read",
         "_exclude",
         "_exclude_patterns",
         "_global",
@@ -236,6 +240,11 @@ class RateLimitMiddleware:
         self._headers = headers
         self._routes = ScopeRoutes(route_resolver)
         self._memo: dict[tuple[str, str], _Plan] = {}
+        # Route template -> (methods, limits) its endpoints declared with @rate_limit; read
+        # from the app's route table on the first request that needs a plan.
+        self._declared: dict[str, list[tuple[frozenset[str] | None, tuple[DeclaredLimit, ...]]]]
+        self._declared = {}
+        self._declared_read = False
 
     @staticmethod
     def options_from_settings(
@@ -307,7 +316,7 @@ class RateLimitMiddleware:
         target = route if route is not None else scope["path"]
         plan = self._memo.get((method, target))
         if plan is None:
-            plan = self._plan(method, target, route)
+            plan = self._plan(method, target, route, scope)
         own: list[tuple[bytes, bytes]] = []
         exclude = self._exclude
         if plan.limits and (exclude is None or not exclude(scope)):
@@ -367,19 +376,49 @@ class RateLimitMiddleware:
 
         await self.app(scope, receive, send_with_headers)
 
-    def _plan(self, method: str, target: str, route: str | None) -> _Plan:
+    def _plan(self, method: str, target: str, route: str | None, scope: Scope) -> _Plan:
         """Choose and memoize the plan of a (method, route or path) not seen yet."""
-        plan = self._choose(method, target, route)
+        plan = self._choose(method, target, route, self._declared_by(scope, method, route))
         memoize_route(self._memo, (method, target), plan, template=route is not None)
         return plan
 
-    def _choose(self, method: str, target: str, route: str | None) -> _Plan:
-        """The limits for a route template (or path), exclusions applied: run once per route."""
+    def _declared_by(
+        self, scope: Scope, method: str, route: str | None
+    ) -> tuple[DeclaredLimit, ...]:
+        """What the endpoint of ``method`` and ``route`` declared with ``@rate_limit``."""
+        if route is None or not declarations.count:
+            return ()
+        if not self._declared_read and scope.get("app") is not None:
+            for found in route_endpoints(scope["app"]):
+                limits = declared_limits(found.endpoint)
+                if limits:
+                    self._declared.setdefault(found.template, []).append((found.methods, limits))
+            self._declared_read = True
+        for methods, limits in self._declared.get(route, ()):
+            if methods is None or method in methods:
+                return limits
+        return ()
+
+    def _choose(
+        self,
+        method: str,
+        target: str,
+        route: str | None,
+        declared: tuple[DeclaredLimit, ...] = (),
+    ) -> _Plan:
+        """The limits for a route template (or path), exclusions applied: run once per route.
+
+        Limits the route's endpoint declared replace the rules and the default rate."""
         if any(pattern.matches(method, target) for pattern in self._exclude_patterns):
             return _NOTHING
         chosen: list[tuple[Limit, int]] = []
         if self._global is not None:
             chosen.append((self._global, 1))
+        if declared:
+            for item in declared:
+                limit = item.limit if item.named else item.limit.renamed(f"{method} {route}")
+                chosen.append((limit, item.cost))
+            return _Plan(tuple(chosen), f"{method} {route}")
         for rule in self._rules:
             if rule.pattern.matches(method, target):
                 chosen.append((rule.limit, rule.cost))
@@ -406,3 +445,17 @@ def _limit_or_none(value: str | None, algorithm: Algorithm, per_route: bool) -> 
     if value is None or not value.strip():
         return None
     return _limit(value, "default" if per_route else "global", algorithm, per_route=per_route)
+
+
+def ratelimit_layer(app: ASGIApp, /, **options: Any) -> ASGIApp:
+    """``RateLimitMiddleware`` around ``app`` when anything is limited, else ``app`` itself.
+
+    Anything: a ``rate``, ``global_rate`` or ``rules`` in ``options``, or an endpoint that
+    declared a limit with ``@rate_limit``. Starlette builds its middleware stack when the app
+    first runs, after the routes and their declarations exist, so an app that limits nothing
+    pays nothing. Arguments as for ``RateLimitMiddleware``.
+    """
+    limited = options.get("rate") or options.get("global_rate") or options.get("rules")
+    if not limited and not declarations.count:
+        return app
+    return RateLimitMiddleware(app, **options)

@@ -14,7 +14,7 @@ from bastion.demo.models import MAX_ID, Artist
 from bastion.demo.routers.deps import PageDep, SessionDep, problem_responses
 from bastion.demo.schemas import ArtistCreate, ArtistOut, Page
 from bastion.demo.stats import ArtistStats, artist_stats
-from bastion.ratelimit import limit
+from bastion.ratelimit import limit, rate_limit
 
 __all__ = ["router"]
 
@@ -48,6 +48,7 @@ async def get_artist(artist_id: ArtistId, session: SessionDep) -> ArtistOut:
 
 
 @router.get("/{artist_id}/stats", responses=problem_responses(404, 422))
+@rate_limit("60/minute")  # per client, decided by bastion's rate-limit layer before routing
 async def get_artist_stats(artist_id: ArtistId, session: SessionDep) -> ArtistStats:
     """Album and track counts of an artist, kept by bastion's function cache (``@cached``)."""
     if await session.get(Artist, artist_id) is None:
