@@ -192,7 +192,6 @@ class RateLimitMiddleware:
 
     __slots__ = (
         "_declared",
-        "_declared_read",
         "_exclude",
         "_exclude_patterns",
         "_global",
@@ -241,10 +240,10 @@ class RateLimitMiddleware:
         self._routes = ScopeRoutes(route_resolver)
         self._memo: dict[tuple[str, str], _Plan] = {}
         # Route template -> (methods, limits) its endpoints declared with @rate_limit; read
-        # from the app's route table on the first request that needs a plan.
-        self._declared: dict[str, list[tuple[frozenset[str] | None, tuple[DeclaredLimit, ...]]]]
-        self._declared = {}
-        self._declared_read = False
+        # from the app's route table on the first request that needs a plan (None until then).
+        self._declared: (
+            dict[str, list[tuple[frozenset[str] | None, tuple[DeclaredLimit, ...]]]] | None
+        ) = None
 
     @staticmethod
     def options_from_settings(
@@ -388,13 +387,17 @@ class RateLimitMiddleware:
         """What the endpoint of ``method`` and ``route`` declared with ``@rate_limit``."""
         if route is None or not declarations.count:
             return ()
-        if not self._declared_read and scope.get("app") is not None:
-            for found in route_endpoints(scope["app"]):
+        declared = self._declared
+        if declared is None:
+            app = scope.get("app")
+            if app is None:
+                return ()
+            declared = self._declared = {}
+            for found in route_endpoints(app):
                 limits = declared_limits(found.endpoint)
                 if limits:
-                    self._declared.setdefault(found.template, []).append((found.methods, limits))
-            self._declared_read = True
-        for methods, limits in self._declared.get(route, ()):
+                    declared.setdefault(found.template, []).append((found.methods, limits))
+        for methods, limits in declared.get(route, ()):
             if methods is None or method in methods:
                 return limits
         return ()
