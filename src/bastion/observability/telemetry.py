@@ -113,13 +113,9 @@ class HttpMetrics:
         # is a handful of float additions without a method call per histogram.
         self._series: dict[tuple[str, str | None, int | None], tuple[int, ...]] = {}
 
-    def started(self) -> None:
-        """A request entered the app."""
-        self._values.view[self._active_slot] += 1.0
-
     def request_started(self, context: RequestContext, scope: Scope) -> None:
-        """``started()`` with the ``RequestObserver`` signature: ``Telemetry`` without tracing
-        hands this method to the pipeline, which saves a call per request."""
+        """A request entered the app. The ``RequestObserver`` signature: ``Telemetry`` without
+        tracing hands this method to the pipeline, which saves a frame per request."""
         self._values.view[self._active_slot] += 1.0
 
     def finished(self, context: RequestContext, scope: Scope, duration_s: float) -> None:
@@ -222,7 +218,7 @@ class Telemetry:
     def _request_started(self, context: RequestContext, scope: Scope) -> Any:
         """Count the request in flight and open its span (``request_started`` with tracing)."""
         if self.metrics is not None:
-            self.metrics.started()
+            self.metrics.request_started(context, scope)
         if self._tracing is not None:
             return self._tracing.request_started(context, scope)
         return None
