@@ -327,15 +327,13 @@ class RateLimitMiddleware:
                 quotas = plan.quotas
                 values: list[float] | None = None
                 if len(tails) == 1:
-                    keys = [head + tails[0]]
                     decide_one = limiter.decide_one_now
                     if decide_one is not None:
-                        values = decide_one(keys[0], quotas[0], plan.costs[0])
+                        values = decide_one(head + tails[0], quotas[0], plan.costs[0])
                 else:
-                    keys = [head + tail for tail in tails]
                     decide_now = limiter.decide_now
                     if decide_now is not None:
-                        values = decide_now(keys, quotas, plan.costs)
+                        values = decide_now([head + tail for tail in tails], quotas, plan.costs)
                 if values is not None and values[0]:
                     # Memory admitted: no coroutine, no await, and no Decision object either.
                     if decisions is not None:
@@ -346,9 +344,15 @@ class RateLimitMiddleware:
                         decision = limiter.settle(
                             values, quotas, plan.costs, partition, method, route, principal
                         )
-                    else:
+                    else:  # a store that needs I/O: the keys as a list, one round trip
                         decision = await limiter.decide_keys(
-                            keys, quotas, plan.costs, partition, method, route, principal
+                            [head + tail for tail in tails],
+                            quotas,
+                            plan.costs,
+                            partition,
+                            method,
+                            route,
+                            principal,
                         )
                     if not decision.allowed:
                         await send_refusal(scope, send, decision, headers=self._headers)
