@@ -39,6 +39,7 @@ __all__ = [
     "compile_glob",
     "compile_patterns",
     "memoize_route",
+    "remember",
     "route_endpoints",
 ]
 
@@ -159,11 +160,7 @@ class StarletteRouteResolver:
         except KeyError:
             pass
         template = self._lookup(method, path)
-        if len(self._memo) >= _MEMO_LIMIT:
-            # Unbounded distinct paths (ids, scanners) must not grow memory; the combined regex
-            # keeps a cold lookup cheap, so forgetting everything at once is good enough.
-            self._memo.clear()
-        self._memo[key] = template
+        remember(self._memo, key, template)
         return template
 
     def _lookup(self, method: str, path: str) -> str | None:
@@ -312,6 +309,17 @@ def compile_patterns(patterns: Iterable[str], variable: str = "") -> tuple[Route
         if not variable:
             raise
         raise ConfigurationError(f"{variable}: {exc}") from None
+
+
+def remember(memo: dict[tuple[str, str], T], key: tuple[str, str], value: T) -> None:
+    """Remember ``value`` for a (method, raw path) in a memo of bounded size.
+
+    Distinct paths are unbounded (ids, scanners) and must not grow memory; what is forgotten is
+    cheap to find again, so a full memo is forgotten all at once.
+    """
+    if len(memo) >= _MEMO_LIMIT:
+        memo.clear()
+    memo[key] = value
 
 
 def memoize_route(

@@ -384,6 +384,37 @@ async def test_a_raw_asgi_app_without_routes_shares_one_budget_per_client() -> N
     assert ([204, 204, 429], 204) == (results, other.status)
 
 
+async def test_without_a_context_every_path_of_a_route_counts_down_one_budget() -> None:
+    """Many distinct ids (more than the path memo holds) spend one budget, and headers count."""
+    app = starlette_app()
+    app.add_middleware(
+        RateLimitMiddleware,
+        rate="5000/minute; 10000/hour",
+        limiter=RateLimiter(clock=aligned_clock()),
+    )
+    async with client(app) as http:
+        for item in range(4999):
+            assert 200 == (await http.get(f"/items/{item}")).status_code
+        last = await http.get("/items/1")
+        refused = await http.get("/items/4999999")
+    assert [("default-1m", 0), ("default-1h", 5000)] == [
+        (name, params["r"]) for name, params in parse_list(last.headers["ratelimit"])
+    ]
+    assert 429 == refused.status_code
+
+
+async def test_without_a_context_or_a_peer_clients_share_one_unknown_budget() -> None:
+    """No socket peer (a Unix socket) and no context: one budget, not an error."""
+
+    async def raw(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    app = RateLimitMiddleware(raw, rate="1/minute")
+    results = [(await call(app, http_scope("/a", client=None))).status for _ in range(2)]
+    assert [204, 429] == results
+
+
 async def test_other_scopes_pass_through_untouched() -> None:
     """Lifespan and WebSocket scopes reach the app without a limiter in them."""
     seen: list[Scope] = []

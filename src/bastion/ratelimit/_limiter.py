@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Check",
     "Decision",
+    "STATE_ITEM",
     "OnStoreError",
     "QuotaState",
     "RateLimitBackend",
@@ -491,6 +492,10 @@ class RateLimiter:
         return f"RateLimiter(backend={self.backend.name!r}, on_store_error={self.on_store_error!r})"
 
 
+STATE_ITEM = b"%s;r=%d;t=%d"
+"""One quota's item of the ``RateLimit`` field: its quoted name, remaining units, reset seconds."""
+
+
 def state_field(quotas: Sequence[CompiledQuota], values: Sequence[float]) -> bytes:
     """The ``RateLimit`` field value for a backend's answer: ``"name";r=R;t=T`` per quota.
 
@@ -499,7 +504,7 @@ def state_field(quotas: Sequence[CompiledQuota], values: Sequence[float]) -> byt
     Python 3.11): this runs on every response.
     """
     if len(quotas) == 1:
-        return b"%s;r=%d;t=%d" % (
+        return STATE_ITEM % (
             quotas[0].quoted_bytes,
             values[1],
             -(-int(values[2]) // 1_000_000),
@@ -508,7 +513,7 @@ def state_field(quotas: Sequence[CompiledQuota], values: Sequence[float]) -> byt
     index = 1
     for quota in quotas:
         reset = int(values[index + 1])
-        items.append(b"%s;r=%d;t=%d" % (quota.quoted_bytes, values[index], -(-reset // 1_000_000)))
+        items.append(STATE_ITEM % (quota.quoted_bytes, values[index], -(-reset // 1_000_000)))
         index += 3
     return b", ".join(items)
 

@@ -18,6 +18,7 @@ from bastion._routes import (
     ScopeRoutes,
     compile_patterns,
     memoize_route,
+    remember,
     route_endpoints,
 )
 from bastion.context import SCOPE_KEY, RequestContext
@@ -31,7 +32,13 @@ from bastion.ratelimit._http import (
     decision_headers,
     send_refusal,
 )
-from bastion.ratelimit._limiter import Decision, RateLimiter, key_tail, state_field
+from bastion.ratelimit._limiter import (
+    STATE_ITEM,
+    Decision,
+    RateLimiter,
+    key_tail,
+    state_field,
+)
 from bastion.ratelimit._rates import ALGORITHMS, Algorithm, CompiledQuota, Limit
 from bastion.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -133,7 +140,7 @@ class _Plan:
     """What applies to one (method, route): the limits, and everything about them that does not
     depend on the client, computed once per route: key tails, quotas, costs, the policy value."""
 
-    __slots__ = ("costs", "limits", "policy", "quotas", "tails")
+    __slots__ = ("costs", "limits", "one", "policy", "quotas", "tails")
 
     def __init__(self, limits: tuple[tuple[Limit, int], ...], scope_name: str = "") -> None:
         self.limits = limits
@@ -147,6 +154,10 @@ class _Plan:
                 self.tails.append(tail + quota.suffix)
                 self.quotas.append(quota)
                 self.costs.append(cost)
+        # The common case, one quota, as (tail, quota, cost): the middleware's fast path.
+        self.one: tuple[str, CompiledQuota, int] | None = (
+            (self.tails[0], self.quotas[0], self.costs[0]) if len(self.quotas) == 1 else None
+        )
 
 
 _NOTHING = _Plan(())
@@ -198,6 +209,7 @@ class RateLimitMiddleware:
         "_headers",
         "_key",
         "_memo",
+        "_paths",
         "_rate",
         "_routes",
         "_rules",
@@ -229,7 +241,7 @@ class RateLimitMiddleware:
         self._rate = _limit(rate, "default", algorithm, per_route=True)
         self._global = _limit(global_rate, "global", algorithm, per_route=False)
         self._rules = tuple(_CompiledRule(Rule.from_value(rule), algorithm) for rule in rules)
-        self._key = key if key is not None else client_key
+        self._key = key  # None: client_key, partly inlined in __call__
         if callable(exclude):
             self._exclude: Callable[[Scope], bool] | None = exclude
             self._exclude_patterns: tuple[RoutePattern, ...] = ()
@@ -239,6 +251,9 @@ class RateLimitMiddleware:
         self._headers = headers
         self._routes = ScopeRoutes(route_resolver)
         self._memo: dict[tuple[str, str], _Plan] = {}
+        # (method, raw path) -> (plan, route template), for requests without a context. One
+        # middleware sits at one place in one app, so its requests share one root path.
+        self._paths: dict[tuple[str, str], tuple[_Plan, str | None]] = {}
         # Route template -> (methods, limits) its endpoints declared with @rate_limit; read
         # from the app's route table on the first request that needs a plan (None until then).
         self._declared: (
@@ -307,62 +322,56 @@ class RateLimitMiddleware:
         scope[DECISIONS_SCOPE_KEY] = decisions
 
         context: RequestContext | None = scope.get(SCOPE_KEY)
-        if context is not None:
-            method, route, principal = context.method, context.route, context.principal
-        else:
+        plan: _Plan | None
+        if context is None:
+            # No request context: plans are memoized by raw path too, so a path seen before
+            # costs one lookup rather than a template resolution and then a plan lookup.
             method, principal = scope["method"], None
-            route = self._routes.resolve(scope, method)
-        target = route if route is not None else scope["path"]
-        plan = self._memo.get((method, target))
-        if plan is None:
-            plan = self._plan(method, target, route, scope)
+            known = self._paths.get((method, scope["path"]))
+            if known is None:
+                known = self._learn_path(scope, method)
+            plan, route = known
+        else:
+            method, route, principal = context.method, context.route, context.principal
+            target = route if route is not None else scope["path"]
+            plan = self._memo.get((method, target))
+            if plan is None:
+                plan = self._plan(method, target, route, scope)
         own: list[tuple[bytes, bytes]] = []
         exclude = self._exclude
         if plan.limits and (exclude is None or not exclude(scope)):
-            partition = self._key(scope)
+            key = self._key
+            partition: str | None
+            if key is None and context is None:
+                # ``client_key`` inlined for its commonest case: the socket peer.
+                peer = scope.get("client")
+                partition = "ip:" + peer[0] if peer and peer[0] else "ip:unknown"
+            else:
+                partition = (key or client_key)(scope)
             if partition is not None:
-                head = "{" + partition
-                tails = plan.tails
-                limiter = self.limiter
-                quotas = plan.quotas
-                values: list[float] | None = None
-                if len(tails) == 1:
-                    decide_one = limiter.decide_one_now
-                    if decide_one is not None:
-                        values = decide_one(head + tails[0], quotas[0], plan.costs[0])
-                else:
-                    decide_now = limiter.decide_now
-                    if decide_now is not None:
-                        values = decide_now([head + tail for tail in tails], quotas, plan.costs)
-                if values is not None and values[0]:
-                    # Memory admitted: no coroutine, no await, and no Decision object either.
-                    if decisions is not None:
-                        state = state_field(quotas, values)
+                one = plan.one
+                decide_one = self.limiter.decide_one_now
+                values = None
+                if one is not None and decide_one is not None:
+                    quota = one[1]
+                    values = decide_one("{" + partition + one[0], quota, one[2])
+                    if values[0] and decisions is not None:
+                        # Memory admitted one quota: no coroutine, no Decision object, and
+                        # ``state_field`` inlined.
+                        state = STATE_ITEM % (
+                            quota.quoted_bytes,
+                            values[1],
+                            -(-int(values[2]) // 1_000_000),
+                        )
                         own = [(b"ratelimit-policy", plan.policy), (b"ratelimit", state)]
-                else:
-                    if values is not None:
-                        decision = limiter.settle(
-                            values, quotas, plan.costs, partition, method, route, principal
-                        )
-                    else:  # a store that needs I/O: the keys as a list, one round trip
-                        decision = await limiter.decide_keys(
-                            [head + tail for tail in tails],
-                            quotas,
-                            plan.costs,
-                            partition,
-                            method,
-                            route,
-                            principal,
-                        )
-                    if not decision.allowed:
-                        await send_refusal(scope, send, decision, headers=self._headers)
-                        return
+                if values is None or not values[0]:
+                    headers = await self._decide(
+                        scope, send, plan, partition, method, route, principal, values
+                    )
+                    if headers is None:
+                        return  # refused, and answered
                     if decisions is not None:
-                        if not decision.degraded:
-                            state = decision.state_header.encode("latin-1")
-                            own = [(b"ratelimit-policy", plan.policy), (b"ratelimit", state)]
-                        else:  # fail-open has no quotas; local fallback has its own, scaled ones
-                            own = decision_headers((decision,))
+                        own = headers
 
         if decisions is None:
             await self.app(scope, receive, send)
@@ -378,6 +387,65 @@ class RateLimitMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+    async def _decide(
+        self,
+        scope: Scope,
+        send: Send,
+        plan: _Plan,
+        partition: str,
+        method: str,
+        route: str | None,
+        principal: str | None,
+        values: list[float] | None,
+    ) -> list[tuple[bytes, bytes]] | None:
+        """Every decision but an admitted single quota in memory (``__call__`` makes those).
+
+        ``values`` is the memory backend's refusal of a single quota, if that is what happened.
+        Returns the response's ``RateLimit`` headers, or ``None`` once a refusal is answered.
+        """
+        limiter = self.limiter
+        head = "{" + partition
+        quotas = plan.quotas
+        if values is None and limiter.decide_now is not None:
+            values = limiter.decide_now([head + tail for tail in plan.tails], quotas, plan.costs)
+        if values is not None:
+            if values[0]:
+                state = state_field(quotas, values)
+                return [(b"ratelimit-policy", plan.policy), (b"ratelimit", state)]
+            decision = limiter.settle(
+                values, quotas, plan.costs, partition, method, route, principal
+            )
+        else:  # a store that needs I/O: the keys as a list, one round trip
+            decision = await limiter.decide_keys(
+                [head + tail for tail in plan.tails],
+                quotas,
+                plan.costs,
+                partition,
+                method,
+                route,
+                principal,
+            )
+        if not decision.allowed:
+            await send_refusal(scope, send, decision, headers=self._headers)
+            return None
+        if decision.degraded:  # fail-open has no quotas; local fallback has its own, scaled ones
+            return decision_headers((decision,))
+        return [
+            (b"ratelimit-policy", plan.policy),
+            (b"ratelimit", decision.state_header.encode("latin-1")),
+        ]
+
+    def _learn_path(self, scope: Scope, method: str) -> tuple[_Plan, str | None]:
+        """Resolve the route of a raw path not seen yet, and memoize its plan by that path."""
+        route = self._routes.resolve(scope, method)
+        target = route if route is not None else scope["path"]
+        plan = self._memo.get((method, target))
+        if plan is None:
+            plan = self._plan(method, target, route, scope)
+        known = (plan, route)
+        remember(self._paths, (method, scope["path"]), known)
+        return known
 
     def _plan(self, method: str, target: str, route: str | None, scope: Scope) -> _Plan:
         """Choose and memoize the plan of a (method, route or path) not seen yet."""
