@@ -311,6 +311,16 @@ def _share(value: float | None) -> str:
     return "unknown" if value is None else f"{value:.0%}"
 
 
+def _process_sets(config: dict[str, Any]) -> str:
+    sets = config.get("processes", 1)  # results written before process sets existed: one
+    if sets == 1:
+        return ""
+    return (
+        f"the rounds are shared by {sets} sets of fresh worker processes (one process per app "
+        "in each set, started one set after the other); "
+    )
+
+
 def _inprocess_markdown(report: dict[str, Any], section: dict[str, Any]) -> list[str]:
     config = section["config"]
     titles = report["apps"]
@@ -336,9 +346,9 @@ def _inprocess_markdown(report: dict[str, Any], section: dict[str, Any]) -> list
         "",
         (
             "ASGI callable driven directly (no network, no HTTP client) on the stock asyncio "
-            f"loop ({section['event_loop']}); every app warmed up with {config['warmup']} "
-            f"requests, then rounds in which each app serves a batch of {batch}, in an order "
-            f"rotated every round; {rounds}. Other processes used "
+            f"loop ({section['event_loop']}); {_process_sets(config)}every app warmed up with "
+            f"{config['warmup']} requests, then rounds in which each app serves a batch of "
+            f"{batch}, in an order rotated every round; {rounds}. Other processes used "
             f"{_share(section['others_cpu_share'])} of the CPU over the whole run. "
             f"*time vs {base}* is the median over rounds of the per-round ratio (quartiles in "
             "brackets)."

@@ -33,7 +33,7 @@ __all__ = ["main"]
 RESULTS = Path(__file__).resolve().parent / "results"
 
 QUICK_INPROCESS = inprocess.InProcessConfig(
-    rounds=21, max_rounds=60, batch_ms=5.0, warmup=200, profiled=50
+    rounds=21, max_rounds=60, batch_ms=5.0, warmup=200, profiled=50, processes=1
 )
 QUICK_HTTP = http_mode.HttpConfig(repetitions=3, max_repetitions=6, duration_s=2, warmup_s=1)
 
@@ -68,6 +68,11 @@ def _parser() -> argparse.ArgumentParser:
         "--requests", type=int, help="fixed requests per batch instead of calibrating to --batch-ms"
     )
     local.add_argument("--warmup", type=int, help="warm-up requests per app (1000; quick 200)")
+    local.add_argument(
+        "--processes",
+        type=int,
+        help="sets of fresh worker processes sharing the rounds (default 5; quick 1)",
+    )
 
     remote = parser.add_argument_group("HTTP mode")
     remote.add_argument(
@@ -121,6 +126,7 @@ def _inprocess_config(args: argparse.Namespace) -> inprocess.InProcessConfig:
         requests=args.requests or defaults.requests,
         batch_ms=args.batch_ms or defaults.batch_ms,
         warmup=args.warmup if args.warmup is not None else defaults.warmup,
+        processes=args.processes or defaults.processes,
     )
 
 
