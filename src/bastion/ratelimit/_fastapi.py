@@ -192,10 +192,14 @@ def limit(
         if not headers:
             return
         decisions = scope.get(DECISIONS_SCOPE_KEY, _MISSING)
-        if decisions is _MISSING:
-            response.raw_headers.extend(decision_headers((decision,)))
-        elif decisions is not None:
+        if decisions is None:
+            return  # the middleware adds no headers
+        if decisions is not _MISSING:
             decisions.append(decision)
+        elif LIMITER_SCOPE_KEY in scope:  # the middleware adds them: the first of its list
+            scope[DECISIONS_SCOPE_KEY] = [decision]
+        else:
+            response.raw_headers.extend(decision_headers((decision,)))
 
     from fastapi import Depends  # the fastapi extra; the exceptions above need Starlette only
 

@@ -33,8 +33,9 @@ LIMITER_SCOPE_KEY = "bastion.ratelimiter"
 dependency finds its limiter there."""
 
 DECISIONS_SCOPE_KEY = "bastion.ratelimit.decisions"
-"""Key of the list of admitted ``Decision`` objects whose ``RateLimit`` headers the middleware
-adds to the response (its own and those of ``limit()`` dependencies)."""
+"""Key of the list of admitted ``Decision`` objects of ``limit()`` dependencies whose
+``RateLimit`` headers the middleware adds to the response after its own. The first dependency
+creates it; the middleware sets ``None`` here when it adds no headers."""
 
 QUOTA_EXCEEDED = "https://iana.org/assignments/http-problem-types#quota-exceeded"
 """Problem type of a 429 (draft-ietf-httpapi-ratelimit-headers §5.1)."""

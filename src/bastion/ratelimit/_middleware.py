@@ -34,7 +34,6 @@ from bastion.ratelimit._http import (
 )
 from bastion.ratelimit._limiter import (
     STATE_ITEM,
-    Decision,
     RateLimiter,
     key_tail,
     state_field,
@@ -51,6 +50,9 @@ if TYPE_CHECKING:
 __all__ = ["RateLimitMiddleware", "Rule", "ratelimit_layer"]
 
 _UNMATCHED = "*"
+
+DecideOne = Callable[[str, CompiledQuota, int], list[float]]
+"""A memory backend's synchronous single-quota decision (``RateLimiter.decide_one_now``)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -142,7 +144,12 @@ class _Plan:
 
     __slots__ = ("costs", "limits", "one", "policy", "quotas", "tails")
 
-    def __init__(self, limits: tuple[tuple[Limit, int], ...], scope_name: str = "") -> None:
+    def __init__(
+        self,
+        limits: tuple[tuple[Limit, int], ...],
+        scope_name: str = "",
+        decide_one: DecideOne | None = None,
+    ) -> None:
         self.limits = limits
         self.policy = ", ".join(limit.policy_header for limit, _ in limits).encode("latin-1")
         self.tails: list[str] = []
@@ -154,13 +161,16 @@ class _Plan:
                 self.tails.append(tail + quota.suffix)
                 self.quotas.append(quota)
                 self.costs.append(cost)
-        # The common case, one quota, as (tail, quota, cost): the middleware's fast path.
-        self.one: tuple[str, CompiledQuota, int] | None = (
-            (self.tails[0], self.quotas[0], self.costs[0]) if len(self.quotas) == 1 else None
-        )
+        # The common case, one quota decided in memory, as (decide_one, tail, quota, cost): the
+        # middleware's fast path. ``decide_one`` is the limiter's ``decide_one_now``.
+        self.one: tuple[DecideOne, str, CompiledQuota, int] | None = None
+        if decide_one is not None and len(self.quotas) == 1:
+            self.one = (decide_one, self.tails[0], self.quotas[0], self.costs[0])
 
 
 _NOTHING = _Plan(())
+_NO_HEADERS: list[tuple[bytes, bytes]] = []
+"""Shared, never mutated: ``own + ...`` and unpacking make new lists."""
 
 
 class RateLimitMiddleware:
@@ -318,8 +328,9 @@ class RateLimitMiddleware:
             await self.app(scope, receive, send)
             return
         scope[LIMITER_SCOPE_KEY] = self.limiter
-        decisions: list[Decision] | None = [] if self._headers else None
-        scope[DECISIONS_SCOPE_KEY] = decisions
+        headers = self._headers
+        if not headers:
+            scope[DECISIONS_SCOPE_KEY] = None  # tells ``limit()`` dependencies: no headers
 
         context: RequestContext | None = scope.get(SCOPE_KEY)
         plan: _Plan | None
@@ -337,49 +348,46 @@ class RateLimitMiddleware:
             plan = self._memo.get((method, target))
             if plan is None:
                 plan = self._plan(method, target, route, scope)
-        own: list[tuple[bytes, bytes]] = []
-        exclude = self._exclude
-        if plan.limits and (exclude is None or not exclude(scope)):
-            key = self._key
-            partition: str | None
-            if key is None and context is None:
-                # ``client_key`` inlined for its commonest case: the socket peer.
+        own: list[tuple[bytes, bytes]] = _NO_HEADERS
+        if plan.limits and (self._exclude is None or not self._exclude(scope)):
+            head: str | None
+            if self._key is None and context is None:
+                # ``client_key`` inlined for its commonest case, the socket peer, with the
+                # key's opening ``{`` (see ``key_base``).
                 peer = scope.get("client")
-                partition = "ip:" + peer[0] if peer and peer[0] else "ip:unknown"
+                head = "{ip:" + peer[0] if peer and peer[0] else "{ip:unknown"
             else:
-                partition = (key or client_key)(scope)
-            if partition is not None:
+                partition = (self._key or client_key)(scope)
+                head = None if partition is None else "{" + partition
+            if head is not None:
                 one = plan.one
-                decide_one = self.limiter.decide_one_now
                 values = None
-                if one is not None and decide_one is not None:
-                    quota = one[1]
-                    values = decide_one("{" + partition + one[0], quota, one[2])
-                    if values[0] and decisions is not None:
-                        # Memory admitted one quota: no coroutine, no Decision object, and
-                        # ``state_field`` inlined.
-                        state = STATE_ITEM % (
+                if one is not None:  # one quota, decided in memory: no coroutine, no Decision
+                    quota = one[2]
+                    values = one[0](head + one[1], quota, one[3])
+                    if values[0] and headers:
+                        state = STATE_ITEM % (  # ``state_field`` of one quota, inlined
                             quota.quoted_bytes,
                             values[1],
                             -(-int(values[2]) // 1_000_000),
                         )
                         own = [(b"ratelimit-policy", plan.policy), (b"ratelimit", state)]
                 if values is None or not values[0]:
-                    headers = await self._decide(
-                        scope, send, plan, partition, method, route, principal, values
+                    decided = await self._decide(
+                        scope, send, plan, head, method, route, principal, values
                     )
-                    if headers is None:
+                    if decided is None:
                         return  # refused, and answered
-                    if decisions is not None:
-                        own = headers
+                    own = decided
 
-        if decisions is None:
+        if not headers:
             await self.app(scope, receive, send)
             return
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 # Dependencies' decisions follow as separate field lines of the same lists.
+                decisions = scope.get(DECISIONS_SCOPE_KEY)
                 extra = own + decision_headers(decisions) if decisions else own
                 if extra:
                     # The framework may own the header list; never mutate it.
@@ -393,7 +401,7 @@ class RateLimitMiddleware:
         scope: Scope,
         send: Send,
         plan: _Plan,
-        partition: str,
+        head: str,
         method: str,
         route: str | None,
         principal: str | None,
@@ -401,16 +409,19 @@ class RateLimitMiddleware:
     ) -> list[tuple[bytes, bytes]] | None:
         """Every decision but an admitted single quota in memory (``__call__`` makes those).
 
-        ``values`` is the memory backend's refusal of a single quota, if that is what happened.
-        Returns the response's ``RateLimit`` headers, or ``None`` once a refusal is answered.
+        ``head`` is ``"{" + partition``; ``values`` is the memory backend's refusal of a single
+        quota, if that is what happened. Returns the response's ``RateLimit`` headers (none
+        without ``headers``), or ``None`` once a refusal is answered.
         """
         limiter = self.limiter
-        head = "{" + partition
+        partition = head[1:]
         quotas = plan.quotas
         if values is None and limiter.decide_now is not None:
             values = limiter.decide_now([head + tail for tail in plan.tails], quotas, plan.costs)
         if values is not None:
             if values[0]:
+                if not self._headers:
+                    return _NO_HEADERS
                 state = state_field(quotas, values)
                 return [(b"ratelimit-policy", plan.policy), (b"ratelimit", state)]
             decision = limiter.settle(
@@ -429,6 +440,8 @@ class RateLimitMiddleware:
         if not decision.allowed:
             await send_refusal(scope, send, decision, headers=self._headers)
             return None
+        if not self._headers:
+            return _NO_HEADERS
         if decision.degraded:  # fail-open has no quotas; local fallback has its own, scaled ones
             return decision_headers((decision,))
         return [
@@ -493,7 +506,7 @@ class RateLimitMiddleware:
             for item in declared:
                 limit = item.limit if item.named else item.limit.renamed(f"{method} {route}")
                 chosen.append((limit, item.cost))
-            return _Plan(tuple(chosen), f"{method} {route}")
+            return _Plan(tuple(chosen), f"{method} {route}", self.limiter.decide_one_now)
         for rule in self._rules:
             if rule.pattern.matches(method, target):
                 chosen.append((rule.limit, rule.cost))
@@ -503,7 +516,8 @@ class RateLimitMiddleware:
                 chosen.append((self._rate, 1))
         if not chosen:
             return _NOTHING
-        return _Plan(tuple(chosen), f"{method} {route if route is not None else _UNMATCHED}")
+        scope_name = f"{method} {route if route is not None else _UNMATCHED}"
+        return _Plan(tuple(chosen), scope_name, self.limiter.decide_one_now)
 
 
 def _limit(
