@@ -60,7 +60,7 @@ def client_key(scope: Scope) -> str | None:
     else:
         peer: Any = scope.get("client")
         client = peer[0] if peer else None
-    return "ip:" + client if client else "ip:unknown"
+    return "ip:unknown" if client is None else "ip:" + client
 
 
 def decision_headers(decisions: Iterable[Decision]) -> list[tuple[bytes, bytes]]:

@@ -36,14 +36,14 @@ class MemoryBackend:
         ConfigurationError: if ``max_keys`` is not positive.
     """
 
-    __slots__ = ("_clock", "_max_keys", "_states")
+    __slots__ = ("_max_keys", "_monotonic", "_states")
 
     name = "memory"
 
     def __init__(self, *, clock: Clock = SYSTEM_CLOCK, max_keys: int = 100_000) -> None:
         if max_keys < 1:
             raise ConfigurationError(f"max_keys must be at least 1, not {max_keys}")
-        self._clock = clock
+        self._monotonic = clock.monotonic  # bound once: read on every decision
         self._max_keys = max_keys
         self._states: OrderedDict[str, list[int]] = OrderedDict()
 
@@ -65,7 +65,7 @@ class MemoryBackend:
         """
         if len(keys) == 1:
             return self.decide_one(keys[0], quotas[0], costs[0])
-        now = int(self._clock.monotonic() * 1_000_000)
+        now = int(self._monotonic() * 1_000_000)
         states = self._states
         allowed = 1
         # Per quota: (window, window_end, elapsed, previous, interval, before, after, retry).
@@ -179,7 +179,7 @@ class MemoryBackend:
         The same arithmetic as the general path (and the Lua script), without its bookkeeping:
         with one quota, its own verdict is the decision, so it can write as it decides.
         """
-        now = int(self._clock.monotonic() * 1_000_000)
+        now = int(self._monotonic() * 1_000_000)
         states = self._states
         state = states.get(key)
         limit = quota.limit
@@ -187,27 +187,28 @@ class MemoryBackend:
         code = quota.code
         if code == 2:
             window = now // period
-            previous = current = 0
-            if state is not None:
-                stored = state[0]
-                if stored == window:
-                    previous, current = state[1], state[2]
-                elif stored == window - 1:
-                    previous = state[2]
-            elapsed = now - window * period
-            window_end = period - elapsed
-            estimate = previous * window_end / period + current
+            window_end = (window + 1) * period - now
+            if state is not None and state[0] == window:  # a client seen in this window
+                same = True
+                previous, current = state[1], state[2]
+            else:
+                same = False
+                previous = state[2] if state is not None and state[0] == window - 1 else 0
+                current = 0
+            decay = previous * window_end / period  # the previous window's weight now
+            estimate = decay + current
             retry: float
             if estimate + cost <= limit + _EPSILON:
                 retry = 0
                 current += cost
-                if state is not None and state[0] == window:
-                    state[2] = current
+                if same:
+                    state[2] = current  # type: ignore[index]
                     states.move_to_end(key)
                 else:
                     self._write(key, [window, previous, current])
-                estimate = previous * window_end / period + current
+                estimate = decay + current
             elif previous > 0 and current + cost <= limit:
+                elapsed = period - window_end
                 retry = math.ceil(period * (1 - (limit - current - cost) / previous) - elapsed)
             elif cost <= limit:
                 retry = window_end + math.ceil(period * (1 - (limit - cost) / current))
@@ -224,7 +225,7 @@ class MemoryBackend:
             if remaining >= limit:
                 reset = 0
             elif target >= 0:
-                reset = math.ceil(period * (1 - target / previous) - elapsed)
+                reset = math.ceil(period * (1 - target / previous) - (period - window_end))
                 if reset > window_end:
                     reset = window_end
             else:

@@ -142,7 +142,7 @@ class _Plan:
     """What applies to one (method, route): the limits, and everything about them that does not
     depend on the client, computed once per route: key tails, quotas, costs, the policy value."""
 
-    __slots__ = ("costs", "limits", "one", "policy", "quotas", "tails")
+    __slots__ = ("costs", "limits", "one", "policy", "policy_field", "quotas", "tails")
 
     def __init__(
         self,
@@ -152,6 +152,7 @@ class _Plan:
     ) -> None:
         self.limits = limits
         self.policy = ", ".join(limit.policy_header for limit, _ in limits).encode("latin-1")
+        self.policy_field = (b"ratelimit-policy", self.policy)
         self.tails: list[str] = []
         self.quotas: list[CompiledQuota] = []
         self.costs: list[int] = []
@@ -355,7 +356,7 @@ class RateLimitMiddleware:
                 # ``client_key`` inlined for its commonest case, the socket peer, with the
                 # key's opening ``{`` (see ``key_base``).
                 peer = scope.get("client")
-                head = "{ip:" + peer[0] if peer and peer[0] else "{ip:unknown"
+                head = "{ip:" + peer[0] if peer else "{ip:unknown"
             else:
                 partition = (self._key or client_key)(scope)
                 head = None if partition is None else "{" + partition
@@ -363,15 +364,16 @@ class RateLimitMiddleware:
                 one = plan.one
                 values = None
                 if one is not None:  # one quota, decided in memory: no coroutine, no Decision
-                    quota = one[2]
-                    values = one[0](head + one[1], quota, one[3])
+                    decide, tail, quota, cost = one
+                    values = decide(head + tail, quota, cost)
                     if values[0] and headers:
-                        state = STATE_ITEM % (  # ``state_field`` of one quota, inlined
+                        # ``state_field`` of one quota, inlined (memory's values are integers).
+                        state = STATE_ITEM % (
                             quota.quoted_bytes,
                             values[1],
-                            -(-int(values[2]) // 1_000_000),
+                            -(-values[2] // 1_000_000),
                         )
-                        own = [(b"ratelimit-policy", plan.policy), (b"ratelimit", state)]
+                        own = [plan.policy_field, (b"ratelimit", state)]
                 if values is None or not values[0]:
                     decided = await self._decide(
                         scope, send, plan, head, method, route, principal, values
@@ -422,8 +424,7 @@ class RateLimitMiddleware:
             if values[0]:
                 if not self._headers:
                     return _NO_HEADERS
-                state = state_field(quotas, values)
-                return [(b"ratelimit-policy", plan.policy), (b"ratelimit", state)]
+                return [plan.policy_field, (b"ratelimit", state_field(quotas, values))]
             decision = limiter.settle(
                 values, quotas, plan.costs, partition, method, route, principal
             )
@@ -444,10 +445,7 @@ class RateLimitMiddleware:
             return _NO_HEADERS
         if decision.degraded:  # fail-open has no quotas; local fallback has its own, scaled ones
             return decision_headers((decision,))
-        return [
-            (b"ratelimit-policy", plan.policy),
-            (b"ratelimit", decision.state_header.encode("latin-1")),
-        ]
+        return [plan.policy_field, (b"ratelimit", decision.state_header.encode("latin-1"))]
 
     def _learn_path(self, scope: Scope, method: str) -> tuple[_Plan, str | None]:
         """Resolve the route of a raw path not seen yet, and memoize its plan by that path."""
