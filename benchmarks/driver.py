@@ -191,7 +191,7 @@ def _log_writer(state: dict[str, Any]) -> _LogWriter | None:
     bastion = state.get("bastion")
     setup = getattr(getattr(bastion, "observability", None), "logging", None)
     sink = getattr(setup, "sink", None)
-    thread = getattr(sink, "_thread", None)
+    thread = getattr(sink, "_writer", None)
     if setup is None or sink is None or thread is None or thread.ident is None:
         return None
     return _LogWriter(setup.flush, thread.ident)

@@ -161,6 +161,22 @@ async def test_trusted_proxy_chain_is_walked_from_the_right() -> None:
     assert "198.51.100.7" == seen[0].client
 
 
+async def test_a_chain_split_over_several_header_lines_is_read_whole() -> None:
+    """Proxies may add a line instead of appending: the lines join in order (RFC 9110 §5.3)."""
+    seen: list[RequestContext] = []
+    app = RequestContextMiddleware(
+        recording_app(seen),  # type: ignore[arg-type]
+        trusted_proxies=["10.0.0.0/8"],
+    )
+    headers = [
+        (b"x-forwarded-for", b"6.6.6.6, 198.51.100.7"),
+        (b"accept", b"*/*"),
+        (b"x-forwarded-for", b"10.1.2.3"),
+    ]
+    await call(app, http_scope(headers=headers, client=("10.0.0.2", 1)))
+    assert "198.51.100.7" == seen[0].client
+
+
 async def test_untrusted_peer_with_trusted_proxies_configured() -> None:
     """Configuring proxies does not make every peer's header believed."""
     seen: list[RequestContext] = []

@@ -209,3 +209,52 @@ def test_sigterm_under_load_loses_no_request() -> None:
         assert [200] * 8 == statuses
         process.wait(timeout=15)
         assert process.returncode in (0, -signal.SIGTERM)
+
+
+class BrokenObserver:
+    """Telemetry that fails when a request starts (``/start``) or finishes (``/finish``)."""
+
+    def request_started(self, context: Any, scope: Any) -> None:
+        if scope["path"] == "/start":
+            raise RuntimeError("observer broke on start")
+
+    def request_finished(self, context: Any, scope: Any, state: Any, error: Any) -> None:
+        if scope["path"] == "/finish":
+            raise RuntimeError("observer broke on finish")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("path", ["/start", "/finish"])
+async def test_a_failing_observer_never_leaves_a_request_in_flight(path: str) -> None:
+    """However telemetry fails, the request leaves the in-flight count: drain does not wait."""
+    from bastion._ops import OpsRoutes
+    from bastion._pipeline import PipelineMiddleware
+    from bastion.context import ContextBuilder
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def nothing(*args: Any) -> None:
+        return None
+
+    coordinator = ShutdownCoordinator(pre_stop_delay_s=0.0, drain_timeout_s=5.0)
+    layer = PipelineMiddleware(
+        app,
+        startup=nothing,
+        shutdown=nothing,
+        context=ContextBuilder(),
+        hooks=None,
+        ops_prefix=None,
+        ops_routes=OpsRoutes(),
+        coordinator=coordinator,
+        observer=BrokenObserver(),
+    )
+    transport = httpx.ASGITransport(app=layer, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        response = await client.get(path)
+    # A failed start is the boundary's 500; a failed finish comes after the response.
+    assert (500 if path == "/start" else 204) == response.status_code
+    assert 0 == coordinator.in_flight
+    with anyio.fail_after(1):
+        assert 0 == await coordinator.drain()

@@ -126,9 +126,11 @@ class PipelineMiddleware:
         coordinator = self.coordinator
         coordinator.in_flight += 1
         observer = self.observer
-        state = observer.request_started(context, scope) if observer is not None else None
+        state = None
         error: BaseException | None = None
         try:
+            if observer is not None:
+                state = observer.request_started(context, scope)
             if coordinator.refusing:
                 await send_problem(
                     scope,
@@ -146,12 +148,16 @@ class PipelineMiddleware:
             error = exc
             raise
         finally:
-            if observer is not None:
-                observer.request_finished(context, scope, state, error)
-            _current.reset(token)
-            coordinator.in_flight -= 1
-            if coordinator.idle is not None and not coordinator.in_flight:
-                coordinator.idle.set()
+            try:
+                if observer is not None:
+                    observer.request_finished(context, scope, state, error)
+            finally:
+                # Whatever the observer did: a request counted in flight forever would hold up
+                # every graceful shutdown until its drain deadline.
+                _current.reset(token)
+                coordinator.in_flight -= 1
+                if coordinator.idle is not None and not coordinator.in_flight:
+                    coordinator.idle.set()
 
     async def _unhandled(
         self, scope: Scope, receive: Receive, send: Send, exc: Exception, status: int | None

@@ -25,6 +25,7 @@ import os
 import re
 from collections.abc import Iterable
 from contextvars import ContextVar
+from operator import itemgetter
 from typing import Any, Protocol
 
 from bastion._asgi import scope_path
@@ -250,6 +251,10 @@ new_id = _ids.next
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+_NAME = itemgetter(0)
+"""A header's name, from its (name, value) pair."""
+
+
 def _parse_networks(values: Iterable[str | Network]) -> tuple[Network, ...]:
     networks = []
     for value in values:
@@ -316,18 +321,15 @@ class ContextBuilder:
                 context.status = message["status"]
                 headers = message.get("headers", ())
                 header = (builder._header_out, context.request_id.encode("latin-1"))
-                names = builder._names
                 # ASGI response header names are lower-case, so a plain comparison suffices.
-                for key, _ in headers:
-                    if key in names:  # the app set one of ours: add only the others
-                        present = {key for key, _ in headers}
-                        added = [] if builder._header in present else [header]
-                        added += [item for item in builder._extra if item[0] not in present]
-                        message["headers"] = [*headers, *added]
-                        break
-                else:
+                if builder._names.isdisjoint(map(_NAME, headers)):
                     # Headers may be a tuple or a list owned by the framework; never mutate it.
                     message["headers"] = [*headers, header, *builder._extra]
+                else:  # the app set one of ours: add only the others
+                    present = {key for key, _ in headers}
+                    added = [] if builder._header in present else [header]
+                    added += [item for item in builder._extra if item[0] not in present]
+                    message["headers"] = [*headers, *added]
             else:
                 context.response_bytes += len(message.get("body", b""))
             await send(message)
@@ -336,19 +338,11 @@ class ContextBuilder:
 
     def build(self, scope: Scope) -> RequestContext:
         """The context of the request in ``scope`` (headers read once, route resolved)."""
-        headers = scope["headers"]
-        request_id = None
-        traceparent = None
-        forwarded = None
-        header_name, forwarded_name = self._header, self._forwarded
-        for key, value in headers:
-            if key == header_name:
-                request_id = value
-            elif key == b"traceparent":
-                traceparent = value
-            elif key == forwarded_name:
-                forwarded = value if forwarded is None else forwarded + b"," + value
-
+        # Indexed in C rather than scanned in Python: a browser sends a dozen headers or more.
+        # A repeated name keeps its last value (the forwarded chain is read in full below).
+        headers = dict(scope["headers"])
+        request_id = headers.get(self._header)
+        traceparent = headers.get(b"traceparent")
         if request_id is not None and self._trust_id and _VALID_REQUEST_ID(request_id):
             rid = request_id.decode("latin-1")
             generated = None
@@ -371,8 +365,8 @@ class ContextBuilder:
 
         peer: Any = scope.get("client")
         client: str | None = peer[0] if peer else None
-        if client is not None and forwarded is not None and self._trusted:
-            client = self._forwarded_client(client, forwarded)
+        if client is not None and self._trusted and self._forwarded in headers:
+            client = self._forwarded_client(client, scope["headers"])
 
         # Positional: this runs once per request, and keyword calls cost measurably more.
         return RequestContext(
@@ -380,9 +374,12 @@ class ContextBuilder:
             None, 0, None, self.clock.monotonic(),
         )  # fmt: skip
 
-    def _forwarded_client(self, host: str, forwarded: bytes) -> str:
+    def _forwarded_client(self, host: str, headers: Iterable[tuple[bytes, bytes]]) -> str:
         if not self._is_trusted(host):
             return host
+        # Every line of the header, in order: a proxy may add a line rather than append.
+        name = self._forwarded
+        forwarded = b",".join([value for key, value in headers if key == name])
         # Walk the chain from the nearest hop back; the first address not of a trusted proxy is
         # the client. Everything left of it was written by the client and means nothing.
         for raw in reversed(forwarded.split(b",")):

@@ -523,9 +523,9 @@ class LogSink:
         "_path",
         "_reported",
         "_stream",
-        "_thread",
         "_wake",
         "_wake_at",
+        "_writer",
         "clock",
         "formatter",
         "queue_size",
@@ -561,7 +561,7 @@ class LogSink:
         self._items: deque[logging.LogRecord | dict[str, Any] | _AccessEntry | threading.Event]
         self._items = deque()
         self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._writer: threading.Thread | None = None
         self._stream: IO[str] | None = stream
         self._path = Path(path) if path is not None else None
         self._owns_stream = False
@@ -592,11 +592,11 @@ class LogSink:
         Raises:
             ConfigurationError: the log file cannot be opened for appending.
         """
-        if self._thread is not None or self._closed:
+        if self._writer is not None or self._closed:
             return
         self._open()
-        self._thread = threading.Thread(target=self._run, name="bastion-log-writer", daemon=True)
-        self._thread.start()
+        self._writer = threading.Thread(target=self._run, name="bastion-log-writer", daemon=True)
+        self._writer.start()
 
     def put(self, item: logging.LogRecord | dict[str, Any]) -> bool:
         """Queue a record or a dict of fields; ``False`` (and counted) when the queue is full.
@@ -619,7 +619,7 @@ class LogSink:
 
         Returns ``False`` if that did not happen within ``timeout_s`` (or the sink is not running).
         """
-        thread = self._thread
+        thread = self._writer
         if thread is None or not thread.is_alive() or self._closed:
             return False
         done = threading.Event()
@@ -633,7 +633,7 @@ class LogSink:
             return
         self._closed = True
         self._capacity = 0  # from now on put() drops
-        thread = self._thread
+        thread = self._writer
         if thread is not None:
             self._wake.set()
             thread.join(timeout_s)

@@ -69,7 +69,7 @@ class MemoryBackend:
         states = self._states
         allowed = 1
         # Per quota: (window, window_end, elapsed, previous, interval, before, after, retry).
-        decided: list[tuple[int, int, int, int, int, int, int, float]] = []
+        decided: list[tuple[int, int, int, int, int, int, int, int]] = []
 
         # First pass: read every state and decide. Nothing is written yet.
         for key, quota, cost in zip(keys, quotas, costs, strict=True):
@@ -77,7 +77,7 @@ class MemoryBackend:
             period = quota.period_us
             state = states.get(key)
             window = window_end = elapsed = previous = interval = 0
-            retry: float
+            retry: int
             code = quota.code
             if code == 1:
                 window = now // period
@@ -134,8 +134,8 @@ class MemoryBackend:
             limit = quota.limit
             period = quota.period_us
             value = after if allowed else before
-            remaining: float
-            reset: float
+            remaining: int
+            reset: int
             code = quota.code
             if code == 1:
                 if allowed:
@@ -197,7 +197,7 @@ class MemoryBackend:
                 current = 0
             decay = previous * window_end / period  # the previous window's weight now
             estimate = decay + current
-            retry: float
+            retry: int
             if estimate + cost <= limit + _EPSILON:
                 retry = 0
                 current += cost
