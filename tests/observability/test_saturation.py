@@ -31,12 +31,14 @@ def sleeper() -> Iterator[subprocess.Popen[bytes]]:
     of its own mapped yet: reading it then finds a resident size of 0.
     """
     process = subprocess.Popen(["sleep", "30"], stdin=subprocess.DEVNULL)
-    proc = Path(f"/proc/{process.pid}")
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        with contextlib.suppress(OSError, IndexError):
-            resident_pages = int((proc / "statm").read_text().split()[1])
-            if (proc / "comm").read_text().strip() == "sleep" and resident_pages > 0:
+        # Read as the test will: /proc/<pid>/stat's resident size lags statm's (the kernel
+        # batches its counters per thread), and mid-exec a child has a comm of "sleep" and a
+        # page or two before its program is mapped.
+        with contextlib.suppress(OSError):
+            sample = read_process(process.pid)
+            if sample.resident_memory_bytes > 0 and sample.virtual_memory_bytes > 1 << 20:
                 break
         time.sleep(0.005)
     try:
