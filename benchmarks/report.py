@@ -267,6 +267,7 @@ def build_report(
     errors: Mapping[str, str],
     started: datetime,
     notes: Sequence[str] = (),
+    build: str = "",
 ) -> dict[str, Any]:
     """Everything measured and everything needed to reproduce it, as JSON-ready data."""
     return {
@@ -275,6 +276,7 @@ def build_report(
         "finished_utc": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": command,
         "git_revision": git_revision(),
+        "build": build,
         "machine": machine_info(),
         "packages": package_versions(),
         "scenario": {
@@ -482,6 +484,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"({machine['usable_cpus']} usable), {machine['platform']}, {machine['python']}"
         ),
         f"- Packages: {packages}",
+        *([f"- Build: {report['build']}"] if report.get("build") else []),
         f"- Request: `{scenario['request']}` with {headers} ({scenario['description']})",
         "",
     ]

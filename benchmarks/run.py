@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from benchmarks import http_mode, inprocess
 from benchmarks.apps import APPS, AppSpec
+from benchmarks.build import BUILDS, use_build
 from benchmarks.machine import wait_until_quiet
 from benchmarks.report import build_report, render_markdown, write_report
 from benchmarks.scenarios import BASELINE, BUDGETS, COMPARISONS, SCENARIOS
@@ -56,6 +57,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--list", action="store_true", help="list the registered apps and exit")
     parser.add_argument("--output-dir", type=Path, default=RESULTS)
     parser.add_argument("--no-write", action="store_true", help="print the report only")
+    parser.add_argument(
+        "--build",
+        choices=BUILDS,
+        default="wheel",
+        help="measure bastion's wheel (hot path compiled; default) or its plain sources",
+    )
 
     local = parser.add_argument_group("in-process mode")
     local.add_argument("--rounds", type=int, help="quiet rounds wanted (default 201; quick 21)")
@@ -202,6 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.quick:
         notes.append("--quick: small counts, a smoke test; do not quote these numbers.")
 
+    build = use_build(args.build)
     names, errors = _buildable(specs)
     measured_specs = [spec for spec in specs if spec.name not in errors]
 
@@ -232,6 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         errors=errors,
         started=started,
         notes=notes,
+        build=build,
     )
     print(render_markdown(report))
     if not args.no_write:
