@@ -11,6 +11,7 @@ sources instead.
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import os
 import shutil
 import subprocess
@@ -69,18 +70,30 @@ def use_build(build: str) -> str:
     if build != "wheel":
         raise ValueError(f"unknown build {build!r}; use one of {', '.join(BUILDS)}")
     tree = wheel_tree()
+    # Servers are started with this environment; worker processes (multiprocessing's spawn)
+    # take this process's sys.path instead.
     existing = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = f"{tree}{os.pathsep}{existing}" if existing else str(tree)
-    # What a started process imports, checked: the editable install must not win.
-    found = subprocess.run(
+    sys.path.insert(0, str(tree))
+    # What a started process imports, checked both ways: the editable install must not win.
+    server = subprocess.run(
         [sys.executable, "-c", "import bastion.context as c; print(c.__file__)"],
         check=True,
         capture_output=True,
         text=True,
     ).stdout.strip()
-    if not (found.startswith(str(tree)) and found.endswith(".so")):
-        raise RuntimeError(f"the compiled build is not what processes import: {found}")
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        worker = pool.apply(_context_module_file)
+    for found in (server, worker):
+        if not (found.startswith(str(tree)) and found.endswith(".so")):
+            raise RuntimeError(f"the compiled build is not what processes import: {found}")
     return describe(build)
+
+
+def _context_module_file() -> str:
+    import bastion.context
+
+    return bastion.context.__file__ or ""
 
 
 def describe(build: str) -> str:
