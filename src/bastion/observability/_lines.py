@@ -352,44 +352,7 @@ class JsonFormatter(StructuredFormatter):
     def render_access(self, entry: _AccessEntry) -> str:
         """The access line built in one dict, in its final order: it is written per request,
         so it skips the generic path's placeholder dict and merge."""
-        timestamp, level, context, raw_path, query, headers, duration_s, redactor = entry
-        path = raw_path.decode("latin-1") if raw_path else context.path
-        if "://" in path:  # a URL inside the path (a proxy route) may carry a password
-            path = redactor.redact_text(path)
-        if query:
-            path = f"{path}?{redactor.redact_query(query.decode('latin-1'))}"
-        status, route = context.status, context.route
-        user_agent = None
-        for key, value in headers or ():
-            if key == b"user-agent":
-                user_agent = value.decode("latin-1")
-                break
-        data = {
-            "time": self.format_timestamp(timestamp),
-            "level": level,
-            "logger": ACCESS_LOGGER,
-            "message": f"{context.method} {route or path} {status if status is not None else '-'}",
-            "service": self.service_name,
-            "request_id": context.request_id,
-            "trace_id": context.trace_id,
-            "span_id": context._span_id,
-            "route": route,
-            "principal": context.principal,
-            "method": context.method,
-            "path": path,
-            "status": status,
-            # To the microsecond: round(x, 3) on a float costs a correctly rounded decimal
-            # conversion, several times the rest of this dict.
-            "duration_ms": int(duration_s * 1_000_000 + 0.5) / 1000,
-            "bytes": context.response_bytes,
-            "client": context.client,
-            "user_agent": user_agent,
-        }
-        if not self.service_name:
-            del data["service"]
-        decisions = context.decisions
-        if decisions is not None:
-            data["decisions"] = decisions
+        data = _access_fields(entry, self.format_timestamp(entry[0]), self.service_name)
         try:
             # Every key is a string: no OPT_NON_STR_KEYS, which costs a third of the encoding.
             return orjson.dumps(data).decode()
@@ -483,7 +446,12 @@ def _console_value(value: Any) -> str:
 _AccessEntry = tuple[float, str, RequestContext, Any, Any, Any, float, Redactor]
 
 
-def _access_fields(entry: _AccessEntry) -> dict[str, Any]:
+def _access_fields(entry: _AccessEntry, when: Any = None, service: str = "") -> dict[str, Any]:
+    """The fields of an access line, in their final order: the one builder of access lines.
+
+    ``when`` replaces the entry's epoch seconds (the JSON fast path passes the formatted time);
+    ``service`` is included when not empty.
+    """
     timestamp, level, context, raw_path, query, headers, duration_s, redactor = entry
     path = raw_path.decode("latin-1") if raw_path else context.path
     if "://" in path:  # a URL inside the path (a proxy route) may carry a password
@@ -495,11 +463,12 @@ def _access_fields(entry: _AccessEntry) -> dict[str, Any]:
         if key == b"user-agent":
             user_agent = value.decode("latin-1")
             break
-    return {
-        "time": timestamp,
+    data = {
+        "time": timestamp if when is None else when,
         "level": level,
         "logger": ACCESS_LOGGER,
         "message": f"{context.method} {route or path} {status if status is not None else '-'}",
+        "service": service,
         "request_id": context.request_id,
         "trace_id": context.trace_id,
         # Only a span that exists: minting an id here would cost a system call per request.
@@ -509,12 +478,19 @@ def _access_fields(entry: _AccessEntry) -> dict[str, Any]:
         "method": context.method,
         "path": f"{path}?{redactor.redact_query(query.decode('latin-1'))}" if query else path,
         "status": status,
+        # To the microsecond: round(x, 3) on a float costs a correctly rounded decimal
+        # conversion, several times the rest of this dict.
         "duration_ms": int(duration_s * 1_000_000 + 0.5) / 1000,
         "bytes": context.response_bytes,
         "client": context.client,
         "user_agent": user_agent,
-        **({"decisions": context.decisions} if context.decisions is not None else {}),
     }
+    if not service:
+        del data["service"]
+    decisions = context.decisions
+    if decisions is not None:
+        data["decisions"] = decisions
+    return data
 
 
 def note_decision(event: Event) -> None:
