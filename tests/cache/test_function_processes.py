@@ -114,6 +114,9 @@ async def test_local_copies_in_another_process_follow_invalidations(
         value = await store.client.get(row)
         return value.decode() if isinstance(value, bytes) else ""
 
+    # Stored (and its invalidation published) before the worker subscribes: published after,
+    # the message could land between the worker's first and second read and drop its copy.
+    await read(1)
     worker = start_worker("local", redis_url, prefix)
     workers.append(worker)
     assert "ready" == (await readline(worker)).strip()
@@ -132,7 +135,6 @@ async def test_local_copies_in_another_process_follow_invalidations(
         return seen
 
     try:
-        await read(1)  # stored in Redis by this process
         first = await worker_reads()
         held = await worker_reads()
         await store.client.set(row, "v2")
