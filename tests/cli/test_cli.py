@@ -173,6 +173,8 @@ def test_doctor_with_nothing_configured_reports_the_embedded_defaults(
     lines = capsys.readouterr().out.splitlines()
     assert 0 == code
     assert "ok   settings" == lines[0]
+    # The tests run the editable sources; tests/test_compiled.py runs them again compiled.
+    assert lines[1].startswith("ok   build ")
     assert any(line.startswith("ok   store memory (embedded default") for line in lines)
     assert any(line.startswith(f"ok   database {DEFAULT_DATABASE_URL} (embedded") for line in lines)
     assert [] == list(tmp_path.iterdir())  # looked, created nothing

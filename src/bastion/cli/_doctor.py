@@ -3,6 +3,7 @@
 One line per check, ``ok`` or ``FAIL``, URLs with passwords masked::
 
     ok   settings
+    ok   build hot path compiled with mypyc
     ok   redis redis://cache:6379/0 (connected in 1.1 ms, PING 0.4 ms)
     FAIL database postgresql://app:****@db/app: connection refused
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.machinery
 import os
 import socket
 import time
@@ -37,7 +39,7 @@ if TYPE_CHECKING:
 
     from bastion.settings import Settings
 
-__all__ = ["CHECK_TIMEOUT_S", "Check", "register", "run_checks"]
+__all__ = ["CHECK_TIMEOUT_S", "Check", "build_check", "register", "run_checks"]
 
 CHECK_TIMEOUT_S = 2.5
 """Longest a single backend check may take, connection included."""
@@ -255,6 +257,21 @@ async def run_checks(settings: Settings) -> list[Check]:
     return [result for result in results if result is not None]
 
 
+def build_check() -> Check:
+    """Whether this installation runs the compiled hot path (see docs/performance.md)."""
+    import bastion.context
+
+    origin = bastion.context.__file__ or ""
+    if origin.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES)):
+        return Check("build", True, "hot path compiled with mypyc")
+    return Check(
+        "build",
+        True,
+        "plain Python, slower per request: an editable install, or a wheel built without a C "
+        "compiler (see docs/performance.md)",
+    )
+
+
 def _defaults(settings: Settings) -> list[Check]:
     """Lines for what is not configured: the embedded defaults, which need no server."""
     notes = []
@@ -287,6 +304,7 @@ def run(args: argparse.Namespace) -> int:
         print(Check("settings", False, f"- {exc}").line())
         return EXIT_USAGE
     print(Check("settings", True, "").line(), flush=True)
+    print(build_check().line(), flush=True)
     if not settings.redis_url and not settings.database_url:
         print("     nothing configured: the embedded defaults are used, no server to check")
     results = anyio.run(run_checks, settings)
