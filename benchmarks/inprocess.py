@@ -28,9 +28,9 @@ slower for a second or two, then fast again, whatever runs inside the VM):
 - Fresh processes: the rounds are split between ``processes`` sets of worker processes, started
   one set after the other. Where a process's objects land in memory, and its string-hash seed,
   make one app a few percent faster or slower *for the whole life of that process*: on this
-  project's machine, whole runs of one process per app gave 1.089x to 1.115x for the same
-  code, while each run's own 95 % interval was about ±0.004. More processes turn that bias into
-  spread that the median sees (pyperf runs 20 processes per benchmark for the same reason).
+  project's machine, whole runs of one process per app disagreed by several times each run's
+  own confidence interval. More processes turn that bias into spread that the median sees
+  (pyperf runs 20 processes per benchmark for the same reason).
   Batch sizes are calibrated in the first set and kept for the others.
 - Function calls per request are counted afterwards with ``cProfile`` over a separate batch: a
   deterministic cost proxy that no noise can move.
