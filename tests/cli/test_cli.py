@@ -282,6 +282,24 @@ def test_doctor_checks_a_sqlite_file(
 # ------------------------------------------------------------------- the real entry points
 
 
+def test_a_reader_that_goes_away_stops_the_command_quietly(tmp_path: Path) -> None:
+    """``bastion doctor | head -0``: no traceback when the pipe is closed, exit 141 (SIGPIPE)."""
+    reader, writer = os.pipe()
+    os.close(reader)  # gone before the doctor writes its first line: every write fails
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "bastion", "doctor"],
+            env=clean_env(),
+            cwd=tmp_path,
+            stdout=writer,
+            stderr=subprocess.PIPE,
+        )
+    finally:
+        os.close(writer)
+    _, errors = process.communicate(timeout=60)
+    assert (141, b"") == (process.returncode, errors)
+
+
 @pytest.mark.parametrize(
     "command",
     [

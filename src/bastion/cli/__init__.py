@@ -15,6 +15,7 @@ Every command validates the settings first and stops on invalid ones. Exit codes
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import TYPE_CHECKING
 
@@ -66,4 +67,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.run(args)
     except KeyboardInterrupt:
         return 130  # the shell's convention for "stopped by Ctrl+C" (128 + SIGINT)
+    except BrokenPipeError:
+        # The reader went away (`bastion doctor | head -1`): stop quietly, as cat does. Python
+        # would otherwise print a second error when it flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # the shell's convention for "killed by SIGPIPE" (128 + 13)
     return code
