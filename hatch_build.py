@@ -41,6 +41,8 @@ class MypycBuildHook(BuildHookInterface):  # type: ignore[type-arg]
 
     PLUGIN_NAME = "custom"
 
+    _output: Path | None = None
+
     def initialize(self, version: str, build_data: dict[str, Any]) -> None:
         if self.target_name != "wheel" or version == "editable":
             return
@@ -74,8 +76,9 @@ class MypycBuildHook(BuildHookInterface):  # type: ignore[type-arg]
         work = Path(tempfile.mkdtemp(prefix="bastion-mypyc-"))
         config = work / "mypy.ini"
         config.write_text(_MYPY_CONFIG)
-        output = root / "build" / "mypyc"
-        shutil.rmtree(output, ignore_errors=True)
+        # Private to this build, so that two builds of one tree (a test, a benchmark) never
+        # share it; kept until finalize(), once the wheel holds the modules.
+        output = self._output = Path(tempfile.mkdtemp(prefix="bastion-mypyc-out-"))
         previous = Path.cwd()
         os.chdir(root)  # mypyc names modules by their paths relative to the working directory
         sys.path.insert(0, str(root / "src"))
@@ -97,3 +100,8 @@ class MypycBuildHook(BuildHookInterface):  # type: ignore[type-arg]
             os.chdir(previous)
             shutil.rmtree(work, ignore_errors=True)
         return [(path, path.relative_to(output).as_posix()) for path in output.rglob("*.so")]
+
+    def finalize(self, version: str, build_data: dict[str, Any], artifact_path: str) -> None:
+        if self._output is not None:
+            shutil.rmtree(self._output, ignore_errors=True)
+            self._output = None
