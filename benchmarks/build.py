@@ -38,7 +38,8 @@ def _sources_digest() -> str:
 
 
 def wheel_tree() -> Path:
-    """The unpacked compiled wheel of the current sources, built if not cached."""
+    """The unpacked compiled wheel of the current sources, built if not cached (the wheels of
+    other states of the sources are removed then: one is kept)."""
     target = ROOT / "build" / "bench-wheel" / _sources_digest()
     if (target / ".complete").exists():
         return target
@@ -55,6 +56,9 @@ def wheel_tree() -> Path:
         with zipfile.ZipFile(wheel) as archive:
             archive.extractall(target)
     (target / ".complete").touch()
+    for stale in target.parent.iterdir():  # finished wheels of earlier states of the sources
+        if stale != target and (stale / ".complete").exists():
+            shutil.rmtree(stale, ignore_errors=True)
     return target
 
 
