@@ -18,9 +18,18 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 
-__all__ = ["BUILDS", "ROOT", "describe", "use_build", "wheel_tree"]
+__all__ = [
+    "BUILDS",
+    "ROOT",
+    "describe",
+    "imported_hot_path",
+    "is_compiled_from",
+    "use_build",
+    "wheel_tree",
+]
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILDS = ("wheel", "source")
@@ -80,18 +89,28 @@ def use_build(build: str) -> str:
     os.environ["PYTHONPATH"] = f"{tree}{os.pathsep}{existing}" if existing else str(tree)
     sys.path.insert(0, str(tree))
     # What a started process imports, checked both ways: the editable install must not win.
-    server = subprocess.run(
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        worker = pool.apply(_context_module_file)
+    for found in (imported_hot_path(), worker):
+        if not is_compiled_from(found, tree):
+            raise RuntimeError(f"the compiled build is not what processes import: {found}")
+    return describe(build)
+
+
+def imported_hot_path(env: Mapping[str, str] | None = None) -> str:
+    """The file ``bastion.context`` is imported from by a new interpreter with ``env``."""
+    return subprocess.run(
         [sys.executable, "-c", "import bastion.context as c; print(c.__file__)"],
+        env=None if env is None else dict(env),
         check=True,
         capture_output=True,
         text=True,
     ).stdout.strip()
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
-        worker = pool.apply(_context_module_file)
-    for found in (server, worker):
-        if not (found.startswith(str(tree)) and found.endswith(".so")):
-            raise RuntimeError(f"the compiled build is not what processes import: {found}")
-    return describe(build)
+
+
+def is_compiled_from(module_file: str, tree: Path) -> bool:
+    """Whether ``module_file`` is a compiled extension module inside ``tree``."""
+    return Path(module_file).is_relative_to(tree) and module_file.endswith(".so")
 
 
 def _context_module_file() -> str:

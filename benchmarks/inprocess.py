@@ -185,8 +185,11 @@ def _round(workers: Sequence[_Worker], result: InProcessResult) -> None:
         result.cpu_samples_us[worker.name].append(cpu_ns / count / 1000)
 
 
-def _rounds(workers: Sequence[_Worker], config: InProcessConfig, result: InProcessResult) -> int:
-    """Run rounds for about ``QUIET_WINDOW_S``; judge them together; return how many were quiet.
+def _rounds(
+    workers: Sequence[_Worker], config: InProcessConfig, result: InProcessResult, last_round: int
+) -> int:
+    """Run rounds for about ``QUIET_WINDOW_S`` (never past ``last_round``); judge them together;
+    return how many were quiet.
 
     ``/proc/stat`` counts in 10 ms ticks, too coarse to judge one short round on its own, so the
     rounds of a window share one verdict.
@@ -195,7 +198,7 @@ def _rounds(workers: Sequence[_Worker], config: InProcessConfig, result: InProce
     meter = CpuMeter()
     meter.start(extra_own_s=_own_cpu_s(workers))
     deadline = time.monotonic() + QUIET_WINDOW_S
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and len(result.round_orders) < last_round:
         _round(workers, result)
     share = meter.others_share(extra_own_s=_own_cpu_s(workers))
     quiet = share is None or share <= config.quiet_share
@@ -244,7 +247,7 @@ def _measure(
     quiet_rounds = 0
     last_round = len(result.round_orders) + max_rounds
     while quiet_rounds < rounds and len(result.round_orders) < last_round:
-        quiet_rounds += _rounds(workers, config, result)
+        quiet_rounds += _rounds(workers, config, result, last_round)
         if progress:
             _print_progress(result, quiet_rounds, rounds)
     for worker in workers:

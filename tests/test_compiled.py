@@ -11,11 +11,10 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from benchmarks.build import ROOT, wheel_tree
+from benchmarks.build import ROOT, imported_hot_path, is_compiled_from, wheel_tree
 
 _INNER = "TESTING_COMPILED_BASTION"  # not BASTION_*: settings reject unknown ones
 
@@ -27,15 +26,8 @@ def test_the_compiled_wheel_passes_the_whole_suite() -> None:
     """Build the wheel (compiled), check it is what a process imports, then run the suite on it."""
     tree = wheel_tree()
     env = {**os.environ, "PYTHONPATH": str(tree), _INNER: "1"}
-    imported = subprocess.run(
-        [sys.executable, "-c", "import bastion.context as c; print(c.__file__)"],
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    assert Path(imported).is_relative_to(tree), imported
-    assert imported.endswith(".so"), imported
+    imported = imported_hot_path(env)
+    assert is_compiled_from(imported, tree), imported
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-x", "tests"],
         cwd=ROOT,
